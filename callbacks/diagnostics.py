@@ -1,0 +1,70 @@
+"""Per-chain loss traces and divergence detection."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class ChainDivergedError(RuntimeError):
+    """A chain's loss became non-finite or exploded."""
+
+
+class DiagnosticsCallback(L.Callback):
+    """Records the minibatch loss of every SGLD step and L_ref at every draw, per chain.
+
+    Traces go to the Lightning logger (``sgld/loss``, ``sgld/phi``) and, per unit, to Parquet
+    files that the run gathers into ``traces.parquet``. A non-finite minibatch loss, or one more
+    than ``max_loss_increase`` nats above L_ref(w*), stops the run with an error naming the
+    component, chain and step.
+    """
+
+    state_name = "trace"
+
+    def __init__(self, max_loss_increase: float | None = 10.0, log_every_n_steps: int = 10) -> None:
+        self.max_loss_increase = max_loss_increase
+        self.log_every_n_steps = log_every_n_steps
+        self._rows: dict[str, list] = self._empty()
+
+    @staticmethod
+    def _empty() -> dict[str, list]:
+        return {"step": [], "loss": [], "ref_loss": []}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        unit = outputs["unit"]
+        if unit is None:
+            return
+        step, loss = outputs["step"], float(outputs["loss"])
+        if step == 0:
+            self._rows = self._empty()
+        start = float(pl_module.ref_loss_star)
+        if not math.isfinite(loss) or (self.max_loss_increase is not None and loss > start + self.max_loss_increase):
+            raise ChainDivergedError(
+                f"chain {unit.chain} of component {unit.component!r} diverged at step {step}: minibatch loss "
+                f"{loss:.4g} against L_ref(w*) = {start:.4g}. Lower the lr or raise the localization "
+                f"(or raise DiagnosticsCallback.max_loss_increase if such losses are expected)."
+            )
+        draw = outputs["draw"]
+        self._rows["step"].append(step)
+        self._rows["loss"].append(loss)
+        self._rows["ref_loss"].append(float(draw["ref_loss"]) if draw is not None else float("nan"))
+        if step % self.log_every_n_steps == 0:
+            pl_module.log("sgld/loss", loss, on_step=True, on_epoch=False)
+        if draw is not None:
+            pl_module.log("sgld/phi", float(draw["phi"]), on_step=True, on_epoch=False)
+        if outputs["unit_done"]:
+            path = pl_module.unit_dir(unit)
+            path.mkdir(parents=True, exist_ok=True)
+            table = pa.table({"component": [unit.component] * len(self._rows["step"]),
+                              "chain": [unit.chain] * len(self._rows["step"]), **self._rows})
+            pq.write_table(table, path / f"{self.state_name}.parquet.tmp")
+            (path / f"{self.state_name}.parquet.tmp").replace(path / f"{self.state_name}.parquet")
+
+    @staticmethod
+    def gather(pl_module) -> pa.Table:
+        """All units' traces (read from disk; call on one rank after every unit is done)."""
+        tables = [pq.read_table(pl_module.unit_dir(u) / "trace.parquet") for u in pl_module.units]
+        return pa.concat_tables(tables)

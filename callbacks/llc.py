@@ -1,0 +1,52 @@
+"""Per-component local learning coefficients: lambda = nbeta * mean_s (L_ref(w_s) - L_ref(w*))."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from lit_susc.covariance import learning_coefficient
+from lit_susc.unit_state import load_unit_tensors, reduce_sum, save_unit_tensors
+
+
+class LLCCallback(L.Callback):
+    """Per chain and mean/std over chains (std with Bessel's correction; 0 for one chain).
+
+    After fitting, ``llc`` maps component name -> {"mean", "std", "per_chain"}; with the whole
+    model as the component this is the model's LLC.
+    """
+
+    state_name = "llc"
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._sum_phi = 0.0
+        self.llc: dict[str, dict] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        unit = outputs["unit"]
+        if unit is None:
+            return
+        if outputs["step"] == 0:
+            self._count, self._sum_phi = 0, 0.0
+        if outputs["draw"] is not None:
+            self._count += 1
+            self._sum_phi += float(outputs["draw"]["phi"])
+        if outputs["unit_done"]:
+            mean_phi = torch.tensor(self._sum_phi / self._count, dtype=torch.float64)
+            save_unit_tensors(pl_module.unit_dir(unit), self.state_name, {"mean_phi": mean_phi})
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        chains = pl_module.sgld.chains
+        mean_phi = torch.zeros(len(pl_module.component_names), chains, dtype=torch.float64, device=pl_module.device)
+        for unit in pl_module.owned_units():
+            state = load_unit_tensors(pl_module.unit_dir(unit), self.state_name, pl_module.device)
+            mean_phi[unit.component_index, unit.chain] = state["mean_phi"]
+        mean_phi = reduce_sum(trainer, mean_phi).cpu()
+        nbeta = pl_module.sgld.nbeta
+        self.llc = {}
+        for i, name in enumerate(pl_module.component_names):
+            per_chain = [learning_coefficient(float(m), nbeta) for m in mean_phi[i]]
+            values = torch.tensor(per_chain, dtype=torch.float64)
+            std = float(values.std()) if chains > 1 else 0.0
+            self.llc[name] = {"mean": float(values.mean()), "std": std, "per_chain": per_chain}

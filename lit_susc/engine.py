@@ -1,0 +1,140 @@
+"""Running a sampler: the run directory's identity, the Trainer, resume, and the outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pyarrow as pa
+import torch
+
+from callbacks import DiagnosticsCallback, LLCCallback, SusceptibilityCallback
+
+from .result import FINISHED_MARKER, SusceptibilityResult, write_json, write_parquet
+from .sampler import SusceptibilitySampler
+from .strategy import chains_strategy
+
+REQUIRED_CALLBACKS = (SusceptibilityCallback, LLCCallback, DiagnosticsCallback)
+
+
+class RunDirectoryError(RuntimeError):
+    """The output directory holds another run's results."""
+
+
+def _digest_tensors(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach()
+        if t.is_floating_point():
+            # Two moments in float64 identify weights well enough, and stay cheap for billions.
+            t64 = t.double()
+            h.update(f"{tuple(t.shape)}:{t64.sum().item():.12e}:{t64.square().sum().item():.12e}".encode())
+        else:
+            h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _batch_tensors(batch: Any):
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, dict):
+        for k in sorted(batch):
+            yield from _batch_tensors(batch[k])
+    elif isinstance(batch, (list, tuple)):
+        for b in batch:
+            yield from _batch_tensors(b)
+
+
+def run_identity(module: SusceptibilitySampler, extra: dict | None = None) -> dict:
+    """What makes two runs the same run: sampler settings, components, model and data digests."""
+    data = module.data
+    return {
+        "sgld": module.sgld.to_dict(),
+        "components": module.component_names,
+        "model": _digest_tensors(p for _, p in sorted(module.model.named_parameters())),
+        "data": _digest_tensors([*_batch_tensors(data.sampling), *_batch_tensors(data.observation),
+                                 *_batch_tensors(data.reference)]),
+        **(extra or {}),
+    }
+
+
+def prepare_run_dir(run_dir: Path, identity: dict) -> str:
+    """'fresh', 'resume' or 'finished'; raises if the directory belongs to another run."""
+    run_file = run_dir / "run.json"
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous != identity:
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            raise RunDirectoryError(
+                f"{run_dir} holds the results of another run (differs in: {', '.join(changed)}). "
+                "Choose a new output directory, or delete this one to start over."
+            )
+        return "finished" if (run_dir / FINISHED_MARKER).exists() else "resume"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        known = {"run.json", "config.yaml", "state", "tiny_lm", "lightning_logs", "wandb"}
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in known)
+        if foreign:
+            raise RunDirectoryError(f"{run_dir} is not empty and is not a lit-susc run ({', '.join(foreign[:5])}); "
+                                    "choose a new output directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_file, identity)
+    return "fresh"
+
+
+def with_required_callbacks(callbacks: list | None) -> list:
+    """The user's callbacks plus default instances of the ones a sampling run needs."""
+    callbacks = list(callbacks or [])
+    for cls in REQUIRED_CALLBACKS:
+        if not any(isinstance(c, cls) for c in callbacks):
+            callbacks.append(cls())
+    return callbacks
+
+
+def make_trainer(trainer: dict | None, run_dir: Path) -> L.Trainer:
+    """A Trainer for sampling: one epoch over the schedule, no checkpoints, our strategy for DDP."""
+    kwargs = dict(accelerator="auto", devices=1, logger=False, enable_model_summary=False)
+    kwargs.update(trainer or {})
+    kwargs.update(
+        max_epochs=1, enable_checkpointing=False, use_distributed_sampler=False,
+        num_sanity_val_steps=0, default_root_dir=str(run_dir),
+        callbacks=with_required_callbacks(kwargs.get("callbacks")),
+        strategy=chains_strategy(kwargs.get("strategy", "auto")),
+    )
+    return L.Trainer(**kwargs)
+
+
+def _callback(trainer: L.Trainer, cls):
+    return next(c for c in trainer.callbacks if isinstance(c, cls))
+
+
+def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.Table | None = None,
+                 identity_extra: dict | None = None, config: dict | None = None,
+                 shard_tokens: int = 1 << 20) -> SusceptibilityResult:
+    """Fit (or resume, or skip when finished) and write the run's outputs; returns the result."""
+    run_dir = module.run_dir
+    missing = [cls.__name__ for cls in REQUIRED_CALLBACKS if not any(isinstance(c, cls) for c in trainer.callbacks)]
+    if missing:
+        raise ValueError(f"the Trainer lacks the callbacks a sampling run needs: {', '.join(missing)}")
+    state = prepare_run_dir(run_dir, run_identity(module, identity_extra))
+    if state == "finished":
+        print(f"lit-susc: {run_dir} already holds this run's finished results; nothing to do.")
+        return SusceptibilityResult.load(run_dir)
+    trainer.fit(module)
+    result = None
+    if trainer.is_global_zero:
+        chi = _callback(trainer, SusceptibilityCallback).chi
+        result = SusceptibilityResult(
+            chi=chi.reshape(len(module.component_names), *module.observation_shape),
+            components=module.component_names, convention=module.sgld.convention, nbeta=module.sgld.nbeta,
+            llc=_callback(trainer, LLCCallback).llc, config={"sgld": module.sgld.to_dict(), **(config or {})},
+            tokens=tokens,
+        )
+        write_parquet(run_dir / "traces.parquet", DiagnosticsCallback.gather(module))
+        result.save(run_dir, shard_tokens=shard_tokens,
+                    extra={"ref_loss_at_w_star": float(module.ref_loss_star), "chains": module.sgld.chains,
+                           "draws": module.sgld.draws})
+    trainer.strategy.barrier("lit-susc outputs written")
+    return result if result is not None else SusceptibilityResult.load(run_dir)
