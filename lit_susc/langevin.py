@@ -121,16 +121,17 @@ class SGLD(Optimizer):
                 precond = self._preconditioner(p, p.grad, group)
                 if precond is not None:
                     force.mul_(precond)
-                update = force.mul_(-lr / 2)
+                if mask is not None:
+                    force.mul_(mask)
+                p.add_(force, alpha=-lr / 2)
                 if group["noise_level"]:
                     noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
                     noise.mul_(math.sqrt(lr) * group["noise_level"])
                     if precond is not None:
                         noise.mul_(precond.sqrt())
-                    update.add_(noise)
-                if mask is not None:
-                    update.mul_(mask)
-                p.add_(update)
+                    if mask is not None:
+                        noise.mul_(mask)
+                    p.add_(noise)
                 if group["bounding_box"] is not None:
                     b = group["bounding_box"]
                     torch.clamp_(p, min=anchor - b, max=anchor + b)
