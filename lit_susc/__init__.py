@@ -3,7 +3,6 @@
 Spec: "How to Scale Susceptibilities" (Gordon, Adam, Hoogland, Murfet 2026).
 """
 
-from .api import estimate_susceptibilities
 from .components import discover_components, resolve_components, select_components
 from .config import SGLDConfig
 from .langevin import SGLD, RMSPropSGLD
@@ -13,3 +12,13 @@ __all__ = [
     "RMSPropSGLD", "SGLD", "SGLDConfig", "SusceptibilityResult", "discover_components",
     "estimate_susceptibilities", "read_chi", "resolve_components", "select_components",
 ]
+
+
+def __getattr__(name: str):
+    # The API pulls in the top-level ``callbacks`` package, which itself imports from lit_susc;
+    # importing it lazily keeps ``import callbacks`` and ``import lit_susc`` order-free.
+    if name == "estimate_susceptibilities":
+        from .api import estimate_susceptibilities
+
+        return estimate_susceptibilities
+    raise AttributeError(f"module 'lit_susc' has no attribute {name!r}")

@@ -112,7 +112,7 @@ def _callback(trainer: L.Trainer, cls):
 
 def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.Table | None = None,
                  identity_extra: dict | None = None, config: dict | None = None,
-                 shard_tokens: int = 1 << 20) -> SusceptibilityResult:
+                 config_text: str | None = None, shard_tokens: int = 1 << 20) -> SusceptibilityResult:
     """Fit (or resume, or skip when finished) and write the run's outputs; returns the result."""
     run_dir = module.run_dir
     missing = [cls.__name__ for cls in REQUIRED_CALLBACKS if not any(isinstance(c, cls) for c in trainer.callbacks)]
@@ -122,6 +122,8 @@ def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.T
     if state == "finished":
         print(f"lit-susc: {run_dir} already holds this run's finished results; nothing to do.")
         return SusceptibilityResult.load(run_dir)
+    if config_text is not None and trainer.is_global_zero:
+        (run_dir / "config.yaml").write_text(config_text)
     trainer.fit(module)
     result = None
     if trainer.is_global_zero:

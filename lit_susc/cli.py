@@ -1,0 +1,75 @@
+"""The command line: LightningCLI with lit-susc's subcommands (``sample``; more per stage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from .engine import REQUIRED_CALLBACKS, run_sampling
+from .lm import LMSusceptibilities
+from .result import SusceptibilityResult
+
+HOW_TO_READ = """\
+Read them in Python:
+    from lit_susc import SusceptibilityResult
+    res = SusceptibilityResult.load("{dir}")
+    res.chi          # float64 [components, contexts, tokens-1], {convention} convention
+    res.components   # row names, e.g. 'layers.0.heads.1'
+    res.tokens       # pyarrow table: doc_id, document, position, token_id, token, ...
+    res.llc          # per-component learning coefficients (mean, std, per_chain)
+or lazily, shard by shard: lit_susc.read_chi("{dir}", start, stop)."""
+
+
+class SusceptibilityTrainer(L.Trainer):
+    """A Lightning Trainer with lit-susc's subcommands as methods."""
+
+    def sample(self, model: LMSusceptibilities, config_text: str | None = None) -> SusceptibilityResult:
+        """Sample chi for every selected component and write the run directory."""
+        for cls in REQUIRED_CALLBACKS:
+            if not any(isinstance(c, cls) for c in self.callbacks):
+                self.callbacks.append(cls())
+        result = run_sampling(model, self, tokens=model.tokens, identity_extra=model.describe(),
+                              config=model.describe(), config_text=config_text, shard_tokens=model.shard_tokens)
+        if self.is_global_zero:
+            run_dir = Path(model.run_dir).resolve()
+            print(f"\nlit-susc: chi for {len(result.components)} components x {result.chi[0].numel()} tokens "
+                  f"written to {run_dir}")
+            print(HOW_TO_READ.format(dir=run_dir, convention=result.convention))
+        return result
+
+
+class LitSuscCLI(LightningCLI):
+    """``python run.py sample --config configs/quickstart.yaml`` (``--print_config`` works)."""
+
+    def __init__(self, args=None) -> None:
+        super().__init__(
+            model_class=LMSusceptibilities, trainer_class=SusceptibilityTrainer, save_config_callback=None,
+            trainer_defaults={"logger": False, "enable_checkpointing": False, "max_epochs": 1,
+                              "use_distributed_sampler": False, "num_sanity_val_steps": 0,
+                              "enable_model_summary": False},
+            args=args, parser_kwargs={"sample": {"default_config_files": []}},
+        )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"sample": {"model"}}
+
+    def before_instantiate_classes(self) -> None:
+        trainer = self.config[self.subcommand].trainer
+        # Plain DDP would average gradients across ranks and couple independent chains.
+        if trainer.strategy in ("ddp", "ddp_find_unused_parameters_true"):
+            trainer.strategy = "ddp_chains"
+        if isinstance(trainer.strategy, str) and trainer.strategy.startswith("ddp_spawn"):
+            raise ValueError("ddp_spawn is not supported for sampling; use --trainer.strategy ddp")
+        trainer.max_epochs, trainer.use_distributed_sampler = 1, False
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        kwargs["config_text"] = self._subcommand_parsers[subcommand].dump(self.config[subcommand], skip_none=False)
+        return kwargs
+
+
+def main(argv: list[str] | None = None) -> None:
+    LitSuscCLI(args=argv)

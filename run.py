@@ -1,0 +1,29 @@
+"""lit-susc's command line (also installed as ``lit-susc``).
+
+    python run.py sample --config configs/quickstart.yaml
+    python run.py sample --config configs/quickstart.yaml --print_config
+
+Known bad input ends with one ``lit-susc: error: ...`` line and exit status 2; set
+``LIT_SUSC_DEBUG=1`` for the full traceback.
+"""
+
+import os
+import sys
+
+
+def main(argv=None) -> None:
+    from callbacks import ChainDivergedError
+    from lit_susc.cli import main as cli_main
+    from lit_susc.engine import RunDirectoryError
+
+    try:
+        cli_main(argv)
+    except (ValueError, FileNotFoundError, FloatingPointError, ChainDivergedError, RunDirectoryError) as err:
+        if os.environ.get("LIT_SUSC_DEBUG"):
+            raise
+        print(f"lit-susc: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
