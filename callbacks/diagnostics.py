@@ -37,7 +37,7 @@ class DiagnosticsCallback(L.Callback):
         unit = outputs["unit"]
         if unit is None:
             return
-        step, loss = outputs["step"], float(outputs["loss"])
+        step, loss = outputs["step"], float(outputs["minibatch_loss"])
         if step == 0:
             self._rows = self._empty()
         start = float(pl_module.ref_loss_star)

@@ -49,7 +49,10 @@ def estimate_susceptibilities(
     data = SamplingData(sampling=sampling, observation=list(observation_data),
                         reference=reference_data if reference_data is not None else (sampling[0] if sampling else None))
     resolved = resolve_components(model, components)
-    if run_dir is None:
-        run_dir = tempfile.mkdtemp(prefix="lit-susc-")
+    temporary = run_dir is None
+    run_dir = Path(tempfile.mkdtemp(prefix="lit-susc-") if temporary else run_dir)
+    lightning_trainer = make_trainer(trainer, run_dir)
+    if temporary and lightning_trainer.world_size > 1:
+        raise ValueError("a multi-process run needs run_dir: every process must write to the same directory")
     module = SusceptibilitySampler(model, loss_fn, resolved, data, sgld, run_dir)
-    return run_sampling(module, make_trainer(trainer, Path(run_dir)))
+    return run_sampling(module, lightning_trainer)

@@ -118,7 +118,8 @@ def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.T
     missing = [cls.__name__ for cls in REQUIRED_CALLBACKS if not any(isinstance(c, cls) for c in trainer.callbacks)]
     if missing:
         raise ValueError(f"the Trainer lacks the callbacks a sampling run needs: {', '.join(missing)}")
-    state = prepare_run_dir(run_dir, run_identity(module, identity_extra))
+    # Other ranks exist only once rank 0 has checked the directory and entered fit.
+    state = prepare_run_dir(run_dir, run_identity(module, identity_extra)) if trainer.is_global_zero else "resume"
     if state == "finished":
         print(f"lit-susc: {run_dir} already holds this run's finished results; nothing to do.")
         return SusceptibilityResult.load(run_dir)

@@ -107,7 +107,7 @@ class SusceptibilitySampler(L.LightningModule):
     """Runs the (component, chain) units; callbacks turn its draws into chi, LLCs and traces.
 
     ``training_step`` returns, for callbacks: ``unit`` (Unit or None when idle), ``step``,
-    ``loss`` (the minibatch loss the step used), ``draw`` (None, or a dict with ``phi``,
+    ``minibatch_loss`` (the loss the step used), ``draw`` (None, or a dict with ``phi``,
     ``ref_loss`` and ``obs_losses`` [T] float32) and ``unit_done``.
     """
 
@@ -175,7 +175,7 @@ class SusceptibilitySampler(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         if batch["unit"] < 0:
-            return {"unit": None, "step": batch["step"], "loss": None, "draw": None, "unit_done": False}
+            return {"unit": None, "step": batch["step"], "minibatch_loss": None, "draw": None, "unit_done": False}
         unit, step = self.units[batch["unit"]], batch["step"]
         if step == 0:
             self._begin_unit(unit)
@@ -190,7 +190,7 @@ class SusceptibilitySampler(L.LightningModule):
                 ref = self.reference_loss()
                 draw = {"ref_loss": ref, "phi": ref - self.ref_loss_star, "obs_losses": self.observation_losses()}
         done = step == self.sgld.steps_per_chain - 1
-        return {"unit": unit, "step": step, "loss": loss.detach(), "draw": draw, "unit_done": done}
+        return {"unit": unit, "step": step, "minibatch_loss": loss.detach(), "draw": draw, "unit_done": done}
 
     def on_train_batch_end(self, outputs: dict, batch: Any, batch_idx: int) -> None:
         # Callbacks have saved their part of the unit by now (their hooks run first).

@@ -1,0 +1,57 @@
+"""A run's chi does not depend on how its (component, chain) units are split or interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lit_susc import SusceptibilityResult
+
+SCRIPT = Path(__file__).parent / "scripts" / "linear_gaussian_run.py"
+UNITS = 9  # 3 components x 3 chains
+
+
+# One thread everywhere: Lightning gives each DDP process cpus/processes threads, and float32
+# reductions split over a different number of threads round differently.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _run(run_dir, devices=1, *extra):
+    subprocess.run([sys.executable, str(SCRIPT), str(run_dir), str(devices), *extra], check=True, env=ENV,
+                   timeout=300, capture_output=True)
+    return SusceptibilityResult.load(run_dir)
+
+
+def _max_relative_difference(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_two_process_ddp_equals_one_process(tmp_path):
+    single = _run(tmp_path / "one")
+    double = _run(tmp_path / "two", 2)
+    assert double.components == single.components
+    assert _max_relative_difference(double.chi, single.chi) <= 1e-9
+    assert double.llc == single.llc or all(
+        abs(double.llc[c]["mean"] - single.llc[c]["mean"]) <= 1e-9 * abs(single.llc[c]["mean"]) for c in single.llc)
+
+
+def test_a_killed_run_resumes_to_the_same_chi(tmp_path):
+    reference = _run(tmp_path / "uninterrupted")
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), "1", "--slow"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    units = run_dir / "state" / "units"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(units.glob("*/done.json"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(units.glob("*/done.json")))
+    assert 2 <= done < UNITS, done  # killed part-way
+    assert not (run_dir / "summary.json").exists()  # nothing that looks finished
+    resumed = _run(run_dir)
+    assert torch.equal(resumed.chi, reference.chi)
