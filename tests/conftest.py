@@ -11,3 +11,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A briefly trained 2-layer GPT-NeoX with its BPE tokenizer, saved like a hub checkpoint."""
+    from lit_susc.tinylm import TinyLMConfig, train_tiny_lm
+
+    config = TinyLMConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                          context_length=32, train_steps=30, batch_size=8, lr=1e-2, warmup_steps=5,
+                          eval_contexts=16)
+    return train_tiny_lm(tmp_path_factory.mktemp("tiny_lm"), config, progress=False, max_documents=30)

@@ -1,0 +1,135 @@
+"""``python run.py sample`` end to end on a tiny local model, and its errors on bad input."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+import run
+from lit_susc import SusceptibilityResult, read_chi
+
+SGLD = {"lr": 1e-4, "nbeta": 50.0, "localization": 300.0, "chains": 2, "draws": 4, "burn_in": 2,
+        "steps_between_draws": 1}
+DATA = {"context_length": 16, "observation_contexts": 4, "sampling_contexts": 8, "batch_size": 4,
+        "max_documents": 30}
+
+
+def write_config(path, model_dir, output_dir, components=("layers.0.*", "embed", "unembed"), data=None,
+                 sgld=None, **model_extra):
+    config = {
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+        "model": {"pretrained": str(model_dir), "components": list(components), "data": {**DATA, **(data or {})},
+                  "sgld": {**SGLD, **(sgld or {})}, "output_dir": str(output_dir), "shard_tokens": 40,
+                  **model_extra},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def sample(config_path):
+    run.main(["sample", "--config", str(config_path)])
+
+
+def fails_with(config_path, capsys, pattern):
+    with pytest.raises(SystemExit) as exit_info:
+        sample(config_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lit-susc: error:" in err
+    assert pattern in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_lm_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    out = tmp / "run"
+    sample(write_config(tmp / "config.yaml", tiny_lm_dir, out))
+    return tmp, out
+
+
+def test_sample_writes_chi_tokens_llc_config_and_traces(finished_run):
+    _, out = finished_run
+    res = SusceptibilityResult.load(out)
+    n_tokens = DATA["observation_contexts"] * (DATA["context_length"] - 1)
+    assert res.components == ["layers.0.heads.0", "layers.0.heads.1", "layers.0.mlp", "embed", "unembed"]
+    assert res.chi.shape == (5, DATA["observation_contexts"], DATA["context_length"] - 1)
+    assert torch.isfinite(res.chi).all() and (res.chi != 0).any()
+    assert res.tokens.num_rows == n_tokens
+    assert set(json.loads((out / "llc.json").read_text())) == set(res.components)
+    traces = pq.read_table(out / "traces.parquet")
+    assert traces.num_rows == 5 * SGLD["chains"] * (SGLD["burn_in"] + SGLD["draws"])
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["sgld"]["nbeta"] == 50.0
+    assert json.loads((out / "result.json").read_text())["convention"] == "seed"
+
+
+def test_chi_is_sharded_and_read_back_lazily(finished_run):
+    _, out = finished_run
+    meta = json.loads((out / "result.json").read_text())
+    assert len(meta["shards"]) == 2  # 60 tokens, 40 per shard
+    full = SusceptibilityResult.load(out).chi.reshape(5, -1)
+    assert torch.equal(read_chi(out, 30, 50), full[:, 30:50])
+
+
+def test_rerunning_a_finished_run_does_nothing(finished_run, capsys):
+    tmp, out = finished_run
+    before = (out / "summary.json").stat().st_mtime_ns
+    sample(tmp / "config.yaml")
+    assert "already holds this run's finished results" in capsys.readouterr().out
+    assert (out / "summary.json").stat().st_mtime_ns == before
+
+
+def test_an_output_directory_with_another_runs_results_is_refused(finished_run, tiny_lm_dir, tmp_path, capsys):
+    _, out = finished_run
+    config = write_config(tmp_path / "c.yaml", tiny_lm_dir, out, sgld={"nbeta": 60.0})
+    fails_with(config, capsys, "holds the results of another run (differs in: sgld)")
+
+
+def test_unknown_component_pattern_lists_what_exists(tiny_lm_dir, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_lm_dir, tmp_path / "out", components=["layers.7.mlp"])
+    fails_with(config, capsys, "matches no component; available: layers.0.heads.0")
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_context_longer_than_the_model_accepts(tiny_lm_dir, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_lm_dir, tmp_path / "out", data={"context_length": 64})
+    fails_with(config, capsys, "longer than the model accepts")
+
+
+def test_empty_data_source(tiny_lm_dir, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    config = write_config(tmp_path / "c.yaml", tiny_lm_dir, tmp_path / "out", data={"source": str(tmp_path / "empty.txt")})
+    fails_with(config, capsys, "held no documents")
+
+
+def test_a_diverging_chain_names_component_chain_and_step(tiny_lm_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.yaml", tiny_lm_dir, out, components=["unembed"],
+                          sgld={"lr": 10.0, "localization": 0.0})
+    err = fails_with(config, capsys, "chain 0 of component 'unembed' diverged at step")
+    assert "Lower the lr or raise the localization" in err
+    assert not (out / "summary.json").exists() and not (out / "chi").exists()
+
+
+def test_a_non_finite_loss_at_w_star(tiny_lm_dir, tmp_path, capsys):
+    from lit_susc.tinylm import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(tiny_lm_dir))
+    with torch.no_grad():
+        model.gpt_neox.final_layer_norm.weight.fill_(float("nan"))
+    model.save_pretrained(tmp_path / "broken")
+    tokenizer.save_pretrained(tmp_path / "broken")
+    config = write_config(tmp_path / "c.yaml", tmp_path / "broken", tmp_path / "out")
+    fails_with(config, capsys, "reference loss at w* is nan")
+
+
+def test_print_config_shows_the_resolved_configuration(tiny_lm_dir, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_lm_dir, tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["sample", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["sgld"]["convention"] == "seed"
+    assert printed["model"]["data"]["context_length"] == 16
