@@ -49,12 +49,12 @@ class LitSuscCLI(LightningCLI):
             trainer_defaults={"logger": False, "enable_checkpointing": False, "max_epochs": 1,
                               "use_distributed_sampler": False, "num_sanity_val_steps": 0,
                               "enable_model_summary": False},
-            args=args, parser_kwargs={"sample": {"default_config_files": []}},
+            args=args, auto_configure_optimizers=False,
         )
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {"sample": {"model"}}
+        return {"sample": {"model", "config_text"}}
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].trainer

@@ -1,0 +1,304 @@
+"""Text sources, a byte-level BPE tokenizer, and fixed-length contexts with a per-token table.
+
+Sampling data and observation data are carved from the same corpus by ``make_contexts``:
+contexts are cut in a fixed, document-ordered sequence, so ``skip_contexts`` gives disjoint
+slices. ``token_table`` names every predicted token of a ``ContextSet`` in the row-major order
+of per-token losses ``logits[:, :-1]`` vs ``input_ids[:, 1:]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+EOS_TOKEN = "<|endoftext|>"
+
+# Directories of the standard library that are not ordinary library code: test suites (which
+# include deliberately broken or non-utf8 files) and third-party installs.
+_STDLIB_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+
+# Documents are tokenized in groups of this many, so that ``max_contexts`` can stop reading a
+# huge (streamed) corpus early while each group still batch-encodes in parallel.
+_ENCODE_BATCH_DOCUMENTS = 256
+
+
+@dataclass
+class Document:
+    """One text of a corpus."""
+
+    name: str
+    """Stable identifier: a relative path for files, ``source/split/index`` for datasets."""
+    text: str
+    """The full text."""
+
+
+def iter_texts(
+    source: str,
+    *,
+    split: str = "train",
+    text_column: str = "text",
+    max_documents: int | None = None,
+    streaming: bool = False,
+) -> Iterator[Document]:
+    """Yield the non-empty documents of ``source`` lazily, in a deterministic order.
+
+    ``source`` is ``"stdlib"`` (the .py files of this interpreter's standard library, without
+    test suites and site-packages), a local ``.txt`` file (one document), a local ``.jsonl`` file
+    (one document per line, text in ``text_column``), a local directory (every ``*.txt`` below it,
+    sorted by relative path), or else a HuggingFace dataset name loaded with ``split`` and
+    ``streaming``. At most ``max_documents`` documents are yielded.
+
+    Raises:
+        ValueError: if ``max_documents`` < 1, a path-like source is missing or of unknown type,
+            a record lacks ``text_column``, or the source held no documents.
+    """
+    if max_documents is not None and max_documents < 1:
+        raise ValueError(f"max_documents must be >= 1 or None, got {max_documents}")
+    count = 0
+    for doc in _iter_source(source, split=split, text_column=text_column, streaming=streaming):
+        if not doc.text:
+            continue
+        yield doc
+        count += 1
+        if count == max_documents:
+            return
+    if count == 0:
+        raise ValueError(f"source {source!r} held no documents (all missing or empty); check the path, split or text_column")
+
+
+def load_texts(
+    source: str,
+    *,
+    split: str = "train",
+    text_column: str = "text",
+    max_documents: int | None = None,
+    streaming: bool = False,
+) -> list[Document]:
+    """Load the documents of ``source`` into a list; see ``iter_texts`` for the sources."""
+    return list(iter_texts(source, split=split, text_column=text_column, max_documents=max_documents, streaming=streaming))
+
+
+def _iter_source(source: str, *, split: str, text_column: str, streaming: bool) -> Iterator[Document]:
+    if source == "stdlib":
+        yield from _iter_stdlib()
+        return
+    path = Path(source).expanduser()
+    if path.is_dir():
+        for file in sorted(path.rglob("*.txt"), key=lambda p: p.relative_to(path).as_posix()):
+            yield Document(file.relative_to(path).as_posix(), file.read_text(encoding="utf-8"))
+    elif path.is_file():
+        if path.suffix == ".txt":
+            yield Document(path.name, path.read_text(encoding="utf-8"))
+        elif path.suffix == ".jsonl":
+            yield from _iter_jsonl(path, text_column)
+        else:
+            raise ValueError(f"local file {source!r} must be .txt (one document) or .jsonl (one per line)")
+    elif path.suffix in {".txt", ".jsonl"}:
+        raise ValueError(f"file {source!r} does not exist; pass an existing .txt/.jsonl path")
+    else:
+        yield from _iter_hf_dataset(source, split=split, text_column=text_column, streaming=streaming)
+
+
+def _iter_stdlib() -> Iterator[Document]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files: list[str] = []
+    # os.walk with pruning: site-packages can hold tens of thousands of files.
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _STDLIB_EXCLUDED_DIRS]
+        rel = Path(dirpath).relative_to(root)
+        files.extend((rel / f).as_posix() for f in filenames if f.endswith(".py"))
+    for rel_name in sorted(files):
+        try:
+            text = (root / rel_name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        yield Document(rel_name, text)
+
+
+def _iter_jsonl(path: Path, text_column: str) -> Iterator[Document]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if text_column not in record:
+                raise ValueError(f"{path}:{lineno} has no field {text_column!r}; pass text_column= one of {sorted(record)}")
+            yield Document(f"{path.name}:{lineno}", record[text_column])
+
+
+def _iter_hf_dataset(source: str, *, split: str, text_column: str, streaming: bool) -> Iterator[Document]:
+    import datasets  # Only needed for hub/cached datasets; slow to import.
+
+    dataset = datasets.load_dataset(source, split=split, streaming=streaming)
+    if dataset.column_names is not None and text_column not in dataset.column_names:
+        raise ValueError(f"dataset {source!r} has no column {text_column!r}; pass text_column= one of {dataset.column_names}")
+    for i, record in enumerate(dataset):
+        yield Document(f"{source}/{split}/{i}", record[text_column])
+
+
+def train_bpe_tokenizer(documents: Iterable[Document], vocab_size: int, out_dir: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (GPT-2 style) on ``documents`` and save it to ``out_dir``.
+
+    ``<|endoftext|>`` is the single special token (bos, eos and unk); byte-level BPE never needs
+    unk. The result reloads with ``AutoTokenizer.from_pretrained(out_dir)`` and decodes exactly
+    what it encodes.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + 1:
+        raise ValueError(f"vocab_size must be >= {len(alphabet) + 1} (256 bytes + {EOS_TOKEN}), got {vocab_size}")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator((doc.text for doc in documents), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        # Space "clean-up" would break decode(encode(text)) == text on code.
+        clean_up_tokenization_spaces=False,
+    )
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+@dataclass
+class ContextSet:
+    """Fixed-length token contexts cut from a list of documents."""
+
+    input_ids: torch.Tensor
+    """Token ids, int64 ``[N, T]``."""
+    doc_index: torch.Tensor
+    """Index into ``documents`` of each context's document, int64 ``[N]``."""
+    start: torch.Tensor
+    """Position of each context's first token within its document's token stream, int64 ``[N]``."""
+    documents: list[str]
+    """Names of the documents read, in input order (a prefix when ``max_contexts`` stopped early)."""
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def make_contexts(
+    tokenizer: PreTrainedTokenizerBase,
+    documents: Iterable[Document],
+    context_length: int,
+    max_contexts: int | None = None,
+    *,
+    skip_contexts: int = 0,
+) -> ContextSet:
+    """Cut ``documents`` into non-overlapping contexts of exactly ``context_length`` tokens.
+
+    Each document is tokenized without special tokens and split from its start; the remainder
+    shorter than a context is dropped (so are documents shorter than one context). Contexts are
+    numbered in document order; the first ``skip_contexts`` are skipped and up to
+    ``max_contexts`` of the rest are returned, so two calls with ``skip_contexts`` apart give
+    disjoint data. Reading stops as soon as enough contexts are collected.
+    """
+    if context_length < 2:
+        raise ValueError(f"context_length must be >= 2 (a context predicts tokens 1..T-1), got {context_length}")
+    if max_contexts is not None and max_contexts < 1:
+        raise ValueError(f"max_contexts must be >= 1 or None, got {max_contexts}")
+    if skip_contexts < 0:
+        raise ValueError(f"skip_contexts must be >= 0, got {skip_contexts}")
+
+    names: list[str] = []
+    chunks: list[np.ndarray] = []
+    doc_chunks: list[np.ndarray] = []
+    start_chunks: list[np.ndarray] = []
+    to_skip, taken = skip_contexts, 0
+    for batch in _batched(documents, _ENCODE_BATCH_DOCUMENTS):
+        encoded = _encode(tokenizer, [doc.text for doc in batch])
+        for doc, ids in zip(batch, encoded):
+            doc_id = len(names)
+            names.append(doc.name)
+            n = len(ids) // context_length
+            first = min(n, to_skip)
+            to_skip -= first
+            if max_contexts is not None:
+                n = min(n, first + max_contexts - taken)
+            if n <= first:
+                continue
+            chunks.append(np.asarray(ids[first * context_length : n * context_length], dtype=np.int64).reshape(-1, context_length))
+            doc_chunks.append(np.full(n - first, doc_id, dtype=np.int64))
+            start_chunks.append(np.arange(first, n, dtype=np.int64) * context_length)
+            taken += n - first
+            if taken == max_contexts:
+                break
+        if taken == max_contexts:
+            break
+
+    if not chunks:
+        raise ValueError(
+            f"no contexts of {context_length} tokens after skipping {skip_contexts}: the {len(names)} documents "
+            "are shorter than context_length (or too few); use a smaller context_length, fewer skip_contexts, or more documents"
+        )
+    return ContextSet(
+        input_ids=torch.from_numpy(np.concatenate(chunks)),
+        doc_index=torch.from_numpy(np.concatenate(doc_chunks)),
+        start=torch.from_numpy(np.concatenate(start_chunks)),
+        documents=names,
+    )
+
+
+def _batched(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # The Rust tokenizer directly: parallel, and no "longer than model_max_length" warning.
+        return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def token_table(contexts: ContextSet, tokenizer: PreTrainedTokenizerBase) -> pa.Table:
+    """One row per predicted token, aligned with row-major flattened per-token losses.
+
+    Row ``c * (T - 1) + (t - 1)`` describes token ``t`` (1 <= t < T) of context ``c``, predicted
+    from tokens ``0..t-1``; i.e. the rows line up with ``logits[:, :-1]`` vs ``input_ids[:, 1:]``.
+    Columns: ``doc_id``, ``document`` (name), ``position`` (within the document's token stream),
+    ``token_id``, ``token`` (the id decoded on its own), ``context`` (c) and ``offset`` (t).
+    """
+    n, length = contexts.input_ids.shape
+    targets = contexts.input_ids[:, 1:].reshape(-1).numpy()
+    context = np.repeat(np.arange(n, dtype=np.int64), length - 1)
+    offset = np.tile(np.arange(1, length, dtype=np.int64), n)
+    doc_id = np.repeat(contexts.doc_index.numpy(), length - 1)
+    position = np.repeat(contexts.start.numpy(), length - 1) + offset
+    # Decode each distinct id once; the string columns are gathers of those.
+    unique_ids, inverse = np.unique(targets, return_inverse=True)
+    token_text = pa.array([tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in unique_ids], pa.string())
+    return pa.table(
+        {
+            "doc_id": pa.array(doc_id, pa.int64()),
+            "document": pa.array(contexts.documents, pa.string()).take(pa.array(doc_id)),
+            "position": pa.array(position, pa.int64()),
+            "token_id": pa.array(targets.astype(np.int64), pa.int64()),
+            "token": token_text.take(pa.array(inverse.reshape(-1))),
+            "context": pa.array(context, pa.int64()),
+            "offset": pa.array(offset, pa.int64()),
+        }
+    )

@@ -1,0 +1,250 @@
+"""Loading causal LMs, and a tiny Pythia-style model trained offline for the quickstart.
+
+``train_tiny_lm`` trains a byte-level BPE tokenizer and a 1.3M-parameter GPT-NeoX (the Pythia
+architecture) on the Python standard library in under two minutes on one or two idle CPU cores,
+so that every part of the library can be exercised without the model hub. Real models go through
+``load_causal_lm`` (a hub name or a local path, e.g. the directory ``train_tiny_lm`` returns).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from lit_susc.corpus import load_texts, make_contexts, train_bpe_tokenizer
+
+SUMMARY_FILE = "train_summary.json"
+"""Written last into ``out_dir``: its presence marks a finished, reusable training run."""
+
+
+@dataclass
+class TinyLMConfig:
+    """Architecture and training recipe of the quickstart model."""
+
+    vocab_size: int = 2048
+    """BPE vocabulary size to train (tokens, incl. ``<|endoftext|>``); a small corpus may yield fewer."""
+    hidden_size: int = 128
+    """Residual stream width."""
+    num_layers: int = 4
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads per block (must divide hidden_size)."""
+    intermediate_size: int = 512
+    """MLP hidden width."""
+    context_length: int = 128
+    """Tokens per training context; also the model's max_position_embeddings."""
+    train_steps: int = 300
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Contexts per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate, reached after linear warmup, then cosine-decayed to lr/10."""
+    warmup_steps: int = 30
+    """Steps of linear learning-rate warmup from 0."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay."""
+    seed: int = 0
+    """Seeds the context split, data order and weight initialization."""
+    max_train_contexts: int | None = None
+    """Cap on training contexts drawn (at random) from the corpus; None uses all of them."""
+    eval_contexts: int = 64
+    """Held-out contexts (drawn at random, never trained on) for the before/after loss."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "context_length",
+                     "train_steps", "batch_size", "eval_contexts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TinyLMConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_train_contexts is not None and self.max_train_contexts < 1:
+            raise ValueError(f"TinyLMConfig.max_train_contexts must be >= 1 or None, got {self.max_train_contexts}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError(f"TinyLMConfig needs lr > 0, warmup_steps >= 0, weight_decay >= 0; got "
+                             f"{self.lr}, {self.warmup_steps}, {self.weight_decay}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"TinyLMConfig.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
+
+
+def build_tiny_gpt_neox(config: TinyLMConfig, vocab_size: int, eos_token_id: int) -> GPTNeoXForCausalLM:
+    """A freshly initialized Pythia-architecture model sized by ``config``."""
+    neox = GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.context_length,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+    )
+    return GPTNeoXForCausalLM(neox)
+
+
+class TinyLMModule(L.LightningModule):
+    """Next-token cross-entropy training of a causal LM with AdamW and warmup + cosine decay."""
+
+    def __init__(self, model: PreTrainedModel, config: TinyLMConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        (input_ids,) = batch
+        loss = self.model(input_ids=input_ids, labels=input_ids).loss  # labels are shifted inside
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        cfg = self.config
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+
+        def factor(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.train_steps - cfg.warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@torch.no_grad()
+def _mean_loss(model: PreTrainedModel, input_ids: torch.Tensor) -> float:
+    model.eval()
+    loss = model(input_ids=input_ids, labels=input_ids).loss.item()
+    model.train()
+    return loss
+
+
+def train_tiny_lm(
+    out_dir: str | os.PathLike,
+    config: TinyLMConfig | None = None,
+    source: str = "stdlib",
+    progress: bool = True,
+    max_documents: int | None = None,
+) -> Path:
+    """Train (or reuse) the tiny LM and its tokenizer; return the model directory ``out_dir/model``.
+
+    The tokenizer is trained on the documents of ``source`` (see ``corpus.load_texts``, at most
+    ``max_documents``), which are then cut into contexts; ``config.eval_contexts`` random ones
+    are held out to report the loss before and after training in ``out_dir/train_summary.json``.
+    The run happens in a temporary directory that is moved into place, with the summary written
+    last; if the summary exists the finished model is returned without retraining.
+
+    Raises:
+        ValueError: if ``out_dir`` holds a model trained with a different config or source.
+    """
+    config = config or TinyLMConfig()
+    out_dir = Path(out_dir)
+    model_dir, summary_path = out_dir / "model", out_dir / SUMMARY_FILE
+    recipe = {"config": asdict(config), "source": source, "max_documents": max_documents}
+    if summary_path.exists() and model_dir.is_dir():
+        summary = json.loads(summary_path.read_text())
+        if {k: summary.get(k) for k in recipe} != recipe:
+            raise ValueError(
+                f"{out_dir} holds a tiny LM trained with {({k: summary.get(k) for k in recipe})}, not {recipe}; "
+                "use another out_dir or delete it to retrain"
+            )
+        return model_dir
+
+    began = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path.unlink(missing_ok=True)  # a summary without its model must not mark the new run finished
+    tmp = Path(tempfile.mkdtemp(prefix=".training-", dir=out_dir))
+    try:
+        L.seed_everything(config.seed, verbose=False)
+        documents = load_texts(source, max_documents=max_documents)
+        tokenizer = train_bpe_tokenizer(documents, config.vocab_size, tmp / "model")
+        contexts = make_contexts(tokenizer, documents, config.context_length)
+        if len(contexts) <= config.eval_contexts:
+            raise ValueError(
+                f"{source!r} gave only {len(contexts)} contexts of {config.context_length} tokens, not more than "
+                f"eval_contexts={config.eval_contexts}; use more documents or a smaller context_length/eval_contexts"
+            )
+        order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(config.seed))
+        eval_ids = contexts.input_ids[order[: config.eval_contexts]]
+        train_ids = contexts.input_ids[order[config.eval_contexts :][: config.max_train_contexts]]
+
+        model = build_tiny_gpt_neox(config, len(tokenizer), tokenizer.eos_token_id)
+        initial_loss = _mean_loss(model, eval_ids)
+        loader = DataLoader(
+            TensorDataset(train_ids),
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=len(train_ids) >= config.batch_size,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=config.train_steps,
+            max_epochs=-1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            default_root_dir=tmp,
+        )
+        trainer.fit(TinyLMModule(model, config), loader)
+        final_loss = _mean_loss(model, eval_ids)
+
+        model.save_pretrained(tmp / "model")  # safetensors, the default
+        summary = {
+            **recipe,
+            "vocab_size": len(tokenizer),
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "train_contexts": len(train_ids),
+            "eval_contexts": len(eval_ids),
+            "initial_loss": initial_loss,
+            "final_loss": final_loss,
+            "steps": trainer.global_step,
+            "seconds": time.perf_counter() - began,
+        }
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        # A model directory without a summary is a leftover of an interrupted move.
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        os.replace(tmp / "model", model_dir)
+        os.replace(tmp / SUMMARY_FILE, summary_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model_dir
+
+
+def load_causal_lm(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer in eval mode from the hub or a local directory.
+
+    E.g. ``load_causal_lm("EleutherAI/pythia-14m", revision="step1000")`` for a Pythia training
+    checkpoint, or ``load_causal_lm(train_tiny_lm(out_dir))`` offline.
+    """
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype
+    )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    return model.eval(), tokenizer

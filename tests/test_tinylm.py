@@ -1,0 +1,64 @@
+import dataclasses
+import json
+import time
+
+import pytest
+import torch
+from transformers import GPTNeoXForCausalLM
+
+from lit_susc.tinylm import SUMMARY_FILE, TinyLMConfig, load_causal_lm, train_tiny_lm
+
+TINY = TinyLMConfig(
+    vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, context_length=32,
+    train_steps=30, batch_size=8, lr=1e-2, warmup_steps=5, eval_contexts=16,
+)
+
+
+def _train(out_dir, config: TinyLMConfig = TINY):
+    return train_tiny_lm(out_dir, config, progress=False, max_documents=30)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("tiny")
+    return out_dir, _train(out_dir)
+
+
+def test_training_reduces_loss(trained):
+    out_dir, _ = trained
+    summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+    assert summary["steps"] == TINY.train_steps
+    assert summary["final_loss"] < summary["initial_loss"] - 0.5
+
+
+def test_trained_model_loads_as_pythia_architecture(trained):
+    _, model_dir = trained
+    model, tokenizer = load_causal_lm(str(model_dir))
+    assert isinstance(model, GPTNeoXForCausalLM) and not model.training
+    assert model.config.use_parallel_residual and not model.config.tie_word_embeddings
+    assert model.config.rope_parameters["partial_rotary_factor"] == 0.25
+    ids = torch.tensor([tokenizer.encode("import os\n", add_special_tokens=False)])
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+
+
+def test_second_call_is_cache_hit(trained):
+    out_dir, model_dir = trained
+    before = {p: p.stat().st_mtime_ns for p in out_dir.rglob("*")}
+    began = time.perf_counter()
+    assert _train(out_dir) == model_dir
+    assert time.perf_counter() - began < 1.0
+    assert {p: p.stat().st_mtime_ns for p in out_dir.rglob("*")} == before
+
+
+def test_cache_with_other_config_raises(trained):
+    out_dir, _ = trained
+    with pytest.raises(ValueError, match="another out_dir"):
+        _train(out_dir, dataclasses.replace(TINY, seed=1))
+
+
+def test_training_is_deterministic(trained, tmp_path):
+    _, model_dir = trained
+    first, _ = load_causal_lm(str(model_dir))
+    second, _ = load_causal_lm(str(_train(tmp_path)))
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
