@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,7 +43,8 @@ def estimate_susceptibilities(
         sgld: sampler settings and chi convention (``SGLDConfig``).
         trainer: extra ``lightning.Trainer`` arguments (accelerator, devices, strategy, logger...).
         reference_data: the batch defining L_ref and phi_C = L_ref(w) - L_ref(w*).
-        run_dir: where unit state and outputs go (resumable); a temporary directory by default.
+        run_dir: where unit state and outputs go (resumable); by default a temporary directory,
+            removed once the result is in memory.
     """
     sgld = sgld or SGLDConfig()
     sampling = list(sampling_data)
@@ -55,4 +57,7 @@ def estimate_susceptibilities(
     if temporary and lightning_trainer.world_size > 1:
         raise ValueError("a multi-process run needs run_dir: every process must write to the same directory")
     module = SusceptibilitySampler(model, loss_fn, resolved, data, sgld, run_dir)
-    return run_sampling(module, lightning_trainer)
+    result = run_sampling(module, lightning_trainer)
+    if temporary:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume from a directory nobody named
+    return result
