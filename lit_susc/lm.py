@@ -17,18 +17,21 @@ from .sampler import SamplingData, SusceptibilitySampler
 from .tinylm import TinyLMConfig, load_causal_lm, train_tiny_lm
 
 
-def per_token_loss(model: nn.Module, input_ids: Tensor) -> Tensor:
+def per_token_loss(model: nn.Module, input_ids: Tensor, chunk_tokens: int = 512) -> Tensor:
     """l[b, t] = -log p(input_ids[b, t+1] | input_ids[b, :t+1]), shape [B, T-1].
 
-    Runs the trunk, then the output head on the T-1 predicting positions only, so no [B, T, V]
-    logits tensor beyond the one that is needed exists.
+    Runs the trunk, then the output head and the cross-entropy ``chunk_tokens`` positions at a
+    time: the [tokens x vocabulary] logits never exist at once, and each chunk's logits are
+    still in cache when the cross-entropy reads them (on CPU this makes head + loss cheaper than
+    the head alone over all positions).
     """
     hidden = model.base_model(input_ids=input_ids).last_hidden_state
-    # One contiguous [B*(T-1), d] matrix: the head's matmul is fastest on it.
     hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    logits = model.get_output_embeddings()(hidden)
-    return F.cross_entropy(logits.float(), input_ids[:, 1:].reshape(-1), reduction="none").view(
-        input_ids.shape[0], -1)
+    targets = input_ids[:, 1:].reshape(-1)
+    head = model.get_output_embeddings()
+    losses = [F.cross_entropy(head(hidden[i:i + chunk_tokens]).float(), targets[i:i + chunk_tokens], reduction="none")
+              for i in range(0, hidden.shape[0], chunk_tokens)]
+    return torch.cat(losses).view(input_ids.shape[0], -1)
 
 
 @dataclass
