@@ -2,6 +2,7 @@
 
     python run.py sample --config configs/quickstart.yaml
     python run.py sample --config configs/quickstart.yaml --print_config
+    python run.py cluster --config configs/cluster.yaml
 
 Known bad input ends with one ``lit-susc: error: ...`` line and exit status 2; set
 ``LIT_SUSC_DEBUG=1`` for the full traceback.
@@ -16,8 +17,14 @@ def main(argv=None) -> None:
     from lit_susc.cli import main as cli_main
     from lit_susc.engine import RunDirectoryError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli_main(argv)
+        if argv[:1] == ["cluster"]:
+            from lit_susc.cluster.stage import main as cluster_main
+
+            cluster_main(argv[1:])
+        else:
+            cli_main(argv)
     except (ValueError, FileNotFoundError, FloatingPointError, ChainDivergedError, RunDirectoryError) as err:
         if os.environ.get("LIT_SUSC_DEBUG"):
             raise

@@ -1,0 +1,160 @@
+"""The ``cluster`` stage: a susceptibility run directory in, cluster labels per token out.
+
+    python run.py cluster --config configs/cluster.yaml
+    python run.py cluster --input_dir runs/quickstart --min_size 10
+
+Reads chi (ground truth or aux-predicted; components x tokens) and the token table, clusters the
+token vectors (whiten -> k-NN graph -> ACL push -> sweep cuts) and writes, under
+``output_dir`` (default ``<input_dir>/clusters``)::
+
+    labels.parquet     the token table plus ``label`` (-1 = unclustered)
+    clusters.parquet   one row per cluster: label, size, conductance, volume, seed, round
+    graph.npz          the symmetric weighted k-NN graph (scipy CSR)
+    whitening.safetensors  mean, components, variances of the PCA used for whitening
+    config.json        the ClusterConfig
+    summary.json       written last: present only when the stage finished
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+import torch
+from safetensors.torch import save_file
+
+from ..result import read_chi, read_metadata, write_json, write_parquet
+from .clustering import DEFAULT_CONDUCTANCE_THRESHOLD, DEFAULT_MAX_PUSHES, DEFAULT_SEEDS_PER_ROUND, cluster_graph
+from .knn import knn_graph
+from .whiten import whiten
+
+
+@dataclass
+class ClusterConfig:
+    """Settings of the cluster stage (spec defaults: k = 45, alpha = 1e-3, eps = 1e-7, min 20)."""
+
+    input_dir: str
+    """A finished susceptibility run directory (``run.py sample`` or ``aux predict``)."""
+    output_dir: str | None = None
+    """Where the stage writes; default ``<input_dir>/clusters``."""
+    preprocessing: Literal["whiten", "standardize", "none"] = "whiten"
+    """'whiten': PCA, every kept PC at unit variance (the spec); 'standardize': columns at unit
+    variance and rows centred (earlier practice); 'none': raw chi."""
+    min_variance_ratio: float = 1e-6
+    """PCs with variance below this fraction of the largest are dropped before whitening."""
+    k: int = 45
+    """Neighbours per token in the k-NN graph (before symmetrisation)."""
+    kernel: Literal["gaussian_local", "gaussian", "unweighted"] = "gaussian_local"
+    """Edge weights: exp(-d_ij^2 / (s_i s_j)) with s_i the distance to i's 7th neighbour
+    (default), one global Gaussian scale, or all 1."""
+    backend: Literal["auto", "keops", "torch", "sklearn"] = "auto"
+    """k-NN engine; 'auto' is KeOps on CUDA and scikit-learn on CPU (measured faster there)."""
+    alpha: float = 1e-3
+    """Teleport probability of the LAZY walk (design.md); the plain walk's is 2a/(1+a)."""
+    eps: float = 1e-7
+    """Push tolerance: push while some residual r(u) >= eps * d(u)."""
+    max_pushes: int = DEFAULT_MAX_PUSHES
+    """Cap on pushes per seed, so one seed on a dense graph cannot run for ever."""
+    min_size: int = 20
+    """Smallest cluster reported (tokens)."""
+    max_fraction: float = 0.1
+    """Largest share of the graph a cluster may take."""
+    conductance_threshold: float = DEFAULT_CONDUCTANCE_THRESHOLD
+    """A best prefix is a cluster only if its conductance is below this."""
+    seeds_per_round: int = DEFAULT_SEEDS_PER_ROUND
+    """Seeds explored at once (the spec ran seeds in parallel to scale)."""
+    seed: int = 0
+    """Seeds the choice of seeds: results are reproducible from it."""
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path(self.input_dir) / "clusters"
+
+
+def read_tokens(run_dir: Path) -> pa.Table:
+    """The token table of a run: ``tokens.parquet`` or the shards under ``tokens/``."""
+    if (run_dir / "tokens.parquet").exists():
+        return pq.read_table(run_dir / "tokens.parquet")
+    shards = sorted((run_dir / "tokens").glob("shard-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{run_dir} has no token table (tokens.parquet or tokens/shard-*.parquet)")
+    return pa.concat_tables(pq.read_table(s) for s in shards)
+
+
+def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
+    """Cluster the tokens of ``config.input_dir``; returns the output directory."""
+    run_dir, out = Path(config.input_dir), config.resolved_output_dir()
+    if config.k < 1:
+        raise ValueError(f"k must be >= 1, got {config.k}")
+    meta = read_metadata(run_dir)
+    if (out / "summary.json").exists():
+        previous = json.loads((out / "config.json").read_text())
+        if previous == asdict(config):
+            print(f"lit-susc: {out} already holds this clustering; nothing to do.")
+            return out
+        raise ValueError(f"{out} holds a clustering with other settings; choose another output_dir or delete it")
+    tokens = read_tokens(run_dir)
+    chi = read_chi(run_dir)  # [components, tokens]
+    if tokens.num_rows != chi.shape[1]:
+        raise ValueError(f"the token table of {run_dir} has {tokens.num_rows} rows but chi has {chi.shape[1]} "
+                         "tokens: the matrix and its token table do not match")
+    X = chi.T.contiguous().numpy()
+    if not np.isfinite(X).all():
+        raise ValueError(f"chi in {run_dir} holds non-finite values; rerun or repair the sampling stage")
+    if X.shape[0] <= config.k:
+        raise ValueError(f"{X.shape[0]} tokens is too few for a {config.k}-nearest-neighbour graph; lower k")
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    t = time.perf_counter()
+    info = None
+    if config.preprocessing != "none":
+        X, info = whiten(X, mode=config.preprocessing, min_variance_ratio=config.min_variance_ratio)
+    timings["whiten_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    A = knn_graph(X, config.k, backend=config.backend, kernel=config.kernel)
+    timings["knn_graph_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    labels, stats = cluster_graph(A, config.alpha, config.eps, config.min_size, config.seed,
+                                  max_fraction=config.max_fraction,
+                                  conductance_threshold=config.conductance_threshold,
+                                  seeds_per_round=config.seeds_per_round, max_pushes=config.max_pushes,
+                                  progress=progress)
+    timings["cluster_s"] = time.perf_counter() - t
+
+    tmp = out / "graph.npz.tmp.npz"
+    sp.save_npz(tmp, A.tocsr())
+    tmp.replace(out / "graph.npz")
+    if info is not None:
+        tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in
+                   (("mean", info.mean), ("components", info.components), ("variances", info.variances),
+                    ("scale", info.scale))
+                   if v is not None}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "whitening.safetensors"))
+    write_parquet(out / "labels.parquet", tokens.append_column("label", pa.array(labels.astype(np.int64))))
+    columns = ["label", "size", "conductance", "volume", "seed", "round"]
+    write_parquet(out / "clusters.parquet", pa.table({c: [s[c] for s in stats] for c in columns}))
+    write_json(out / "config.json", asdict(config))
+    clustered = int((labels >= 0).sum())
+    write_json(out / "summary.json", {
+        "tokens": int(len(labels)), "clusters": len(stats), "clustered_tokens": clustered,
+        "source": meta.get("source", "sampling"), **{k: round(v, 3) for k, v in timings.items()},
+    })
+    print(f"lit-susc: {len(stats)} clusters covering {clustered} of {len(labels)} tokens written to {out.resolve()}\n"
+          f"  labels: pyarrow.parquet.read_table('{out / 'labels.parquet'}')   (label -1 = unclustered)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="run.py cluster", description=__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of the fields below")
+    parser.add_class_arguments(ClusterConfig)
+    cfg = parser.parse_args(argv)
+    return run_cluster_stage(ClusterConfig(**{k: cfg[k] for k in ClusterConfig.__dataclass_fields__}))
