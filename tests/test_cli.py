@@ -1,6 +1,7 @@
 """``python run.py sample`` end to end on a tiny local model, and its errors on bad input."""
 
 import json
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -149,5 +150,9 @@ def test_wandb_logger_records_the_chains_offline(tiny_lm_dir, tmp_path, monkeypa
     wandb.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert runs, "no offline wandb run was written"
-    records = runs[0].read_bytes()  # the run's protobuf records, metric names in clear
+    # The run's protobuf records (metric names in clear), flushed by wandb's service process.
+    deadline = time.time() + 60
+    while b"sgld/phi" not in runs[0].read_bytes() and time.time() < deadline:
+        time.sleep(0.5)
+    records = runs[0].read_bytes()
     assert b"sgld/loss" in records and b"sgld/phi" in records
