@@ -15,6 +15,12 @@ A consequence of step 4 (the spec's rule): a small tight group swallowed whole b
 prefix before any of its points is drawn as a seed is never found. Cloud prefixes often
 reach max_fraction * N, so on small graphs lower max_fraction or seeds_per_round to reduce it.
 
+Across ranks (world_size > 1): every rank holds the whole graph and draws the same seeds
+(same permutation, same visited marks); rank r pushes and sweeps the seeds batch[r::world_size]
+of each round, the (members, Phi, volume) candidates are all-gathered, and every rank applies
+step 3 to the full round in seed order. Labels are therefore identical on every rank and equal
+to the single-process result for the same `seed` and `seeds_per_round`.
+
 Memory: ~35 bytes per node per thread of push workspace, plus the graph.
 """
 
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -87,6 +93,9 @@ def cluster_graph(
     min_free_fraction: float = 0.5,
     n_threads: int | None = None,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    all_gather: Callable[[object], list] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Clusters of the graph A (symmetric, non-negative CSR) by the module's loop.
 
@@ -98,6 +107,10 @@ def cluster_graph(
     max_pushes: per-seed push cap, None -> DEFAULT_MAX_PUSHES = 2e5 (see there).
     min_free_fraction: a candidate must claim at least this share of its prefix.
     n_threads: worker threads (default: all CPUs); does not change the result.
+    rank, world_size, all_gather: split each round's seeds across processes (module
+        docstring). all_gather(obj) must return the list of every rank's obj in rank order;
+        default torch.distributed.all_gather_object (in-memory, nothing is written). Every rank
+        must call with the same graph and arguments; the result does not depend on world_size.
 
     Returns labels (int64 [N], -1 = unclustered; clusters numbered in order found) and one
     dict per cluster: label, size (points labelled), prefix_size, conductance (of the prefix),
@@ -109,12 +122,19 @@ def cluster_graph(
         raise ValueError(f"min_size and seeds_per_round must be >= 1, got {min_size}, {seeds_per_round}")
     if not 0.0 < alpha < 1.0 or not eps > 0.0:
         raise ValueError(f"need 0 < alpha < 1 and eps > 0, got alpha={alpha}, eps={eps}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if world_size > 1 and all_gather is None:
+        all_gather = _all_gather_object
     indptr, indices, data, deg = graph_arrays(A)
     n = deg.shape[0]
     vol_g = float(deg.sum())
     cap = DEFAULT_MAX_PUSHES if max_pushes is None else int(max_pushes)
     max_size = int(np.floor(max_fraction * n))
-    n_threads = max(1, min(n_threads or os.cpu_count() or 1, seeds_per_round))
+    local_seeds = -(-seeds_per_round // world_size)  # the most seeds one rank gets in a round
+    n_threads = max(1, min(n_threads or os.cpu_count() or 1, local_seeds))
+    # members cross ranks as int32 where ids fit: half the bytes
+    member_dtype = np.int32 if n < 2**31 else np.int64
     spaces = [(PushWorkspace(n), np.zeros(n, np.bool_)) for _ in range(n_threads)]
 
     def run(t: int, batch: np.ndarray) -> list[tuple]:
@@ -143,11 +163,21 @@ def cluster_graph(
             if not batch:
                 break
             batch = np.asarray(batch, np.int64)
-            parts = list(pool.map(lambda t: run(t, batch), range(n_threads))) if pool else [run(0, batch)]
-            # undo the round-robin split so results line up with batch
-            results = [None] * len(batch)
+            mine = batch[rank::world_size]
+            parts = list(pool.map(lambda t: run(t, mine), range(n_threads))) if pool else [run(0, mine)]
+            # undo the round-robin split so results line up with mine
+            local = [None] * len(mine)
             for t, part in enumerate(parts):
-                results[t::n_threads] = part
+                local[t::n_threads] = part
+            if world_size > 1:
+                # only what steps 3 and 4 need crosses ranks: (members, Phi, volume)
+                shares = all_gather([(m.astype(member_dtype), float(phi), float(vol))
+                                     for m, phi, vol, _, _ in local])
+                results = [None] * len(batch)
+                for r, share in enumerate(shares):
+                    results[r::world_size] = [(m.astype(np.int64), phi, vol, 0, 0) for m, phi, vol in share]
+            else:
+                results = local
             cands = sorted(
                 (float(phi), int(s), i) for i, (s, (mem, phi, _, _, _)) in enumerate(zip(batch, results))
                 if len(mem) >= min_size and phi < conductance_threshold
@@ -172,6 +202,14 @@ def cluster_graph(
         if pool:
             pool.shutdown()
     return labels, stats
+
+
+def _all_gather_object(obj: object) -> list:
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def find_clusters(

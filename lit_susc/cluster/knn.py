@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["knn", "knn_graph", "resolve_backend"]
+__all__ = ["knn", "knn_graph", "graph_from_knn", "resolve_backend", "row_blocks"]
 
 Backend = Literal["auto", "keops", "torch", "sklearn"]
 Kernel = Literal["gaussian_local", "gaussian", "unweighted"]
@@ -58,11 +58,11 @@ def resolve_backend(backend: Backend = "auto", device: str | torch.device | None
     return "keops" if cuda else "sklearn"
 
 
-def _drop_self(idx: np.ndarray, k: int) -> np.ndarray:
-    """From k+1 candidates per row drop the row's own id (or, with duplicates that push it out,
-    the farthest candidate)."""
+def _drop_self(idx: np.ndarray, k: int, start: int = 0) -> np.ndarray:
+    """From k+1 candidates per row drop the row's own id (row i is point start + i; or, with
+    duplicates that push it out, the farthest candidate)."""
     n = idx.shape[0]
-    is_self = idx == np.arange(n)[:, None]
+    is_self = idx == np.arange(start, start + n)[:, None]
     missing = ~is_self.any(axis=1)
     is_self[missing, -1] = True
     # a duplicate row can list itself twice only if idx has repeats, which no backend returns
@@ -73,35 +73,56 @@ def _default_chunk(n: int, budget: int = 1 << 26) -> int:
     return max(1, min(n, budget // max(n, 1)))
 
 
-def _knn_torch(X: torch.Tensor, k: int, chunk: int) -> np.ndarray:
+def row_blocks(n: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) blocks of range(n), one per part, sizes differing by at most 1
+    (how the cluster stage splits k-NN query rows across ranks)."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    edges = [(n * r) // parts for r in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _rows(rows: slice | None, n: int) -> tuple[int, int]:
+    if rows is None:
+        return 0, n
+    if not isinstance(rows, slice):
+        raise TypeError(f"rows must be a slice of query rows, got {type(rows).__name__}")
+    start, stop, step = rows.indices(n)
+    if step != 1:
+        raise ValueError(f"rows must be a contiguous slice (step 1), got step {step}")
+    return start, max(start, stop)
+
+
+def _knn_torch(X: torch.Tensor, k: int, chunk: int, start: int, stop: int) -> np.ndarray:
     sq = (X * X).sum(1)
-    out = np.empty((X.shape[0], k + 1), np.int64)
-    for a in range(0, X.shape[0], chunk):
-        b = min(a + chunk, X.shape[0])
+    out = np.empty((stop - start, k + 1), np.int64)
+    for a in range(start, stop, chunk):
+        b = min(a + chunk, stop)
         # ||x_i||^2 is constant along a row, so it is left out of the ranking key
         key = torch.addmm(sq[None, :], X[a:b], X.T, alpha=-2.0)
-        out[a:b] = torch.topk(key, k + 1, dim=1, largest=False, sorted=True).indices.cpu().numpy()
+        top = torch.topk(key, k + 1, dim=1, largest=False, sorted=True)
+        out[a - start:b - start] = top.indices.cpu().numpy()
     return out
 
 
-def _knn_keops(X: torch.Tensor, k: int, chunk: int) -> np.ndarray:
+def _knn_keops(X: torch.Tensor, k: int, chunk: int, start: int, stop: int) -> np.ndarray:
     from pykeops.torch import LazyTensor
 
     xj = LazyTensor(X[None, :, :])
-    out = np.empty((X.shape[0], k + 1), np.int64)
-    for a in range(0, X.shape[0], chunk):
-        b = min(a + chunk, X.shape[0])
+    out = np.empty((stop - start, k + 1), np.int64)
+    for a in range(start, stop, chunk):
+        b = min(a + chunk, stop)
         xi = LazyTensor(X[a:b, None, :])
         d2 = ((xi - xj) ** 2).sum(-1)
-        out[a:b] = d2.argKmin(k + 1, dim=1).long().cpu().numpy()
+        out[a - start:b - start] = d2.argKmin(k + 1, dim=1).long().cpu().numpy()
     return out
 
 
-def _knn_sklearn(X: np.ndarray, k: int) -> np.ndarray:
+def _knn_sklearn(X: np.ndarray, k: int, start: int, stop: int) -> np.ndarray:
     from sklearn.neighbors import NearestNeighbors
 
     nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", n_jobs=-1).fit(X)
-    return nn.kneighbors(X, return_distance=False).astype(np.int64)
+    return nn.kneighbors(X[start:stop], return_distance=False).astype(np.int64)
 
 
 def knn(
@@ -111,6 +132,7 @@ def knn(
     *,
     chunk_size: int | None = None,
     device: str | torch.device | None = None,
+    rows: slice | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest neighbours of every row of X [N, d], the point itself excluded.
 
@@ -118,16 +140,21 @@ def knn(
     distances[i, j] = ||X[i] - X[indices[i, j]]||_2 recomputed exactly from the coordinates
     (the search's expanded-square distances are only used for ranking).
 
+    rows: a contiguous slice of query rows (default all). Only those rows are searched, against
+    all N points; the arrays returned have one row per query, row i being point rows.start + i,
+    and equal knn(X, k)[0][rows], knn(X, k)[1][rows] (each query row's arithmetic is the same
+    whatever the blocking; the cluster stage splits the queries across ranks this way).
+
     chunk_size: query rows per block (torch: default keeps a block of the N x N distance
     matrix at ~2^26 entries; keops: default 2^20 rows, so the output block on the device
     stays O(chunk k)). device: torch device for "torch"/"keops" (default: CUDA if available).
     """
     X = _check_input(X, k)
     name = resolve_backend(backend, device)
-    n = X.shape[0]
+    start, stop = _rows(rows, X.shape[0])
     if name == "sklearn":
         Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else X
-        cand = _knn_sklearn(Xn, k)
+        cand = _knn_sklearn(Xn, k, start, stop)
         Xd = torch.as_tensor(Xn)
     else:
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,17 +163,17 @@ def knn(
             Xt = Xt.double()
         Xt = Xt.contiguous()
         if name == "torch":
-            cand = _knn_torch(Xt, k, chunk_size or _default_chunk(n))
+            cand = _knn_torch(Xt, k, chunk_size or _default_chunk(Xt.shape[0]), start, stop)
         else:
-            cand = _knn_keops(Xt, k, chunk_size or (1 << 20))
+            cand = _knn_keops(Xt, k, chunk_size or (1 << 20), start, stop)
         Xd = Xt.cpu()
-    idx = _drop_self(cand, k)
+    idx = _drop_self(cand, k, start)
     dist = np.empty(idx.shape, np.float64)
     step = max(1, (1 << 24) // (k * Xd.shape[1]))
     it = torch.from_numpy(idx)
-    for a in range(0, n, step):
-        b = min(a + step, n)
-        diff = Xd[a:b, None, :].double() - Xd[it[a:b]].double()
+    for a in range(0, stop - start, step):
+        b = min(a + step, stop - start)
+        diff = Xd[start + a:start + b, None, :].double() - Xd[it[a:b]].double()
         dist[a:b] = torch.linalg.vector_norm(diff, dim=-1).numpy()
     # re-sort by the exact distance (the expanded form can swap near-ties), ties by index
     order = np.lexsort((idx, dist), axis=1)
@@ -177,13 +204,36 @@ def knn_graph(
     (degree 0); the push and sweep treat such nodes consistently.
     """
     X = _check_input(X, k)
+    _check_kernel(kernel, k, local_scale_neighbor, sigma)
+    idx, dist = knn(X, k, backend, chunk_size=chunk_size, device=device)
+    return graph_from_knn(idx, dist, kernel=kernel, local_scale_neighbor=local_scale_neighbor, sigma=sigma)
+
+
+def _check_kernel(kernel: str, k: int, local_scale_neighbor: int, sigma: float | None) -> bool:
     if kernel not in ("gaussian_local", "gaussian", "unweighted"):
         raise ValueError(f"unknown kernel {kernel!r}; use 'gaussian_local', 'gaussian' or 'unweighted'")
     needs_scales = kernel == "gaussian_local" or (kernel == "gaussian" and sigma is None)
     if needs_scales and not 1 <= local_scale_neighbor <= k:
         raise ValueError(f"local_scale_neighbor must lie in [1, k={k}], got {local_scale_neighbor}")
-    idx, dist = knn(X, k, backend, chunk_size=chunk_size, device=device)
-    n = idx.shape[0]
+    return needs_scales
+
+
+def graph_from_knn(
+    idx: np.ndarray,
+    dist: np.ndarray,
+    *,
+    kernel: Kernel = "gaussian_local",
+    local_scale_neighbor: int = 7,
+    sigma: float | None = None,
+) -> sp.csr_matrix:
+    """The graph of knn_graph from precomputed neighbours: idx, dist [N, k] as knn returns them
+    (ascending distances, self excluded), e.g. gathered from row blocks searched on several
+    ranks. knn_graph(X, k, ...) == graph_from_knn(*knn(X, k), ...)."""
+    idx, dist = np.asarray(idx, np.int64), np.asarray(dist, np.float64)
+    if idx.ndim != 2 or idx.shape != dist.shape:
+        raise ValueError(f"idx and dist must both be [N, k], got shapes {idx.shape} and {dist.shape}")
+    n, k = idx.shape
+    needs_scales = _check_kernel(kernel, k, local_scale_neighbor, sigma)
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     cols = idx.ravel()
     d = dist.ravel()

@@ -2,6 +2,7 @@
 
     python run.py cluster --config configs/cluster.yaml
     python run.py cluster --input_dir runs/quickstart --min_size 10
+    python run.py cluster --config configs/cluster.yaml --devices 4     (4 processes, DDP)
 
 Reads chi (ground truth or aux-predicted; components x tokens) and the token table, clusters the
 token vectors (whiten -> k-NN graph -> ACL push -> sweep cuts) and writes, under
@@ -13,12 +14,21 @@ token vectors (whiten -> k-NN graph -> ACL push -> sweep cuts) and writes, under
     whitening.safetensors  mean, components, variances of the PCA used for whitening
     config.json        the ClusterConfig
     summary.json       written last: present only when the stage finished
+
+With devices > 1 the stage runs as ``devices`` processes (lightning Fabric, strategy "ddp";
+the launcher re-runs the command line for ranks 1..). Every rank reads chi and whitens it;
+the k-NN query rows are split into contiguous blocks by rank (each searched against all
+points) and the [N, k] neighbour arrays all-gathered, so every rank builds the same graph;
+each round's seeds are split by rank and the candidates all-gathered (clustering.py). Labels
+equal the single-process result; only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +42,7 @@ from safetensors.torch import save_file
 
 from ..result import read_chi, read_metadata, write_json, write_parquet
 from .clustering import DEFAULT_CONDUCTANCE_THRESHOLD, DEFAULT_MAX_PUSHES, DEFAULT_SEEDS_PER_ROUND, cluster_graph
-from .knn import knn_graph
+from .knn import graph_from_knn, knn, knn_graph, row_blocks
 from .whiten import whiten
 
 
@@ -72,6 +82,12 @@ class ClusterConfig:
     """Seeds explored at once (the spec ran seeds in parallel to scale)."""
     seed: int = 0
     """Seeds the choice of seeds: results are reproducible from it."""
+    devices: int = 1
+    """Processes (ranks) on this node; > 1 runs DDP via lightning Fabric: k-NN query rows and
+    each round's seeds are split by rank. Does not change the result."""
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    """Where the k-NN search runs ('auto': CUDA if available). With devices > 1 on 'gpu', one
+    GPU per rank; on 'cpu' the ranks share the CPU cores (gloo backend)."""
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path(self.input_dir) / "clusters"
@@ -87,15 +103,77 @@ def read_tokens(run_dir: Path) -> pa.Table:
     return pa.concat_tables(pq.read_table(s) for s in shards)
 
 
+# how the stage is executed, not what it computes: a finished clustering is reused across them
+_EXECUTION_FIELDS = ("devices", "accelerator")
+
+
+def _result_settings(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in _EXECUTION_FIELDS}
+
+
+def _launch(config: ClusterConfig):
+    """Start the DDP processes (rank 0 is this one; the others re-run sys.argv)."""
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=config.accelerator, devices=config.devices, strategy="ddp")
+    fabric.launch()
+    return fabric
+
+
+def _knn_device(config: ClusterConfig, fabric) -> str | torch.device | None:
+    if fabric is not None:
+        return fabric.device
+    return {"auto": None, "cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}[config.accelerator]
+
+
+def _gather_rows(fabric, local: np.ndarray, blocks: list[tuple[int, int]], budget: int = 1 << 26) -> np.ndarray:
+    """Every rank's row block of an [N, k] array, on every rank. Blocks are padded to one
+    length and gathered in pieces of ~budget bytes in all, so a device buffer stays small."""
+    world, k = len(blocks), local.shape[1]
+    longest = max(b - a for a, b in blocks)
+    step = max(1, budget // (world * k * local.itemsize))
+    out = np.empty((blocks[-1][1], k), local.dtype)
+    for c in range(0, longest, step):
+        piece = np.zeros((step, k), local.dtype)
+        mine = local[c:c + step]
+        piece[:len(mine)] = mine
+        t = torch.from_numpy(piece).to(fabric.device)  # NCCL gathers device tensors only
+        got = [torch.empty_like(t) for _ in range(world)]
+        torch.distributed.all_gather(got, t)
+        for r, (a, b) in enumerate(blocks):
+            m = min(step, b - a - c)
+            if m > 0:
+                out[a + c:a + c + m] = got[r][:m].cpu().numpy()
+    return out
+
+
+def _threads_per_rank(devices: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // devices)
+
+
+def _rank_threads(devices: int):
+    """One rank's share of the CPU threads (torch, OpenMP/BLAS of numpy and scikit-learn)."""
+    from threadpoolctl import threadpool_limits
+
+    n = _threads_per_rank(devices)
+    torch.set_num_threads(n)
+    return threadpool_limits(limits=n)
+
+
 def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
     """Cluster the tokens of ``config.input_dir``; returns the output directory."""
     run_dir, out = Path(config.input_dir), config.resolved_output_dir()
     if config.k < 1:
         raise ValueError(f"k must be >= 1, got {config.k}")
+    if config.devices < 1:
+        raise ValueError(f"devices must be >= 1, got {config.devices}")
+    if config.accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise ValueError(f"unknown accelerator {config.accelerator!r}; use 'auto', 'cpu', 'gpu' or 'cuda'")
     meta = read_metadata(run_dir)
     if (out / "summary.json").exists():
         previous = json.loads((out / "config.json").read_text())
-        if previous == asdict(config):
+        if _result_settings(previous) == _result_settings(asdict(config)):
             print(f"lit-susc: {out} already holds this clustering; nothing to do.")
             return out
         raise ValueError(f"{out} holds a clustering with other settings; choose another output_dir or delete it")
@@ -109,7 +187,22 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
         raise ValueError(f"chi in {run_dir} holds non-finite values; rerun or repair the sampling stage")
     if X.shape[0] <= config.k:
         raise ValueError(f"{X.shape[0]} tokens is too few for a {config.k}-nearest-neighbour graph; lower k")
-    out.mkdir(parents=True, exist_ok=True)
+    # start the other ranks only once the input is known good; they re-run this command line,
+    # so each reads and checks the same input before joining
+    fabric = _launch(config) if config.devices > 1 else None
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
+    try:
+        with _rank_threads(config.devices) if fabric is not None else nullcontext():
+            labels, stats, A, info, timings = _compute(config, X, fabric, rank, world, progress and rank == 0)
+        if rank == 0:
+            _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, world)
+    finally:
+        if fabric is not None:
+            fabric.barrier()  # the other ranks return once rank 0 has written everything
+    return out
+
+
+def _compute(config: ClusterConfig, X: np.ndarray, fabric, rank: int, world: int, progress: bool):
     timings = {}
     t = time.perf_counter()
     info = None
@@ -117,16 +210,29 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
         X, info = whiten(X, mode=config.preprocessing, min_variance_ratio=config.min_variance_ratio)
     timings["whiten_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    A = knn_graph(X, config.k, backend=config.backend, kernel=config.kernel)
+    device = _knn_device(config, fabric)
+    if world == 1:
+        A = knn_graph(X, config.k, backend=config.backend, kernel=config.kernel, device=device)
+    else:
+        blocks = row_blocks(X.shape[0], world)
+        a, b = blocks[rank]
+        idx, dist = knn(X, config.k, config.backend, device=device, rows=slice(a, b))
+        A = graph_from_knn(_gather_rows(fabric, idx, blocks), _gather_rows(fabric, dist, blocks),
+                           kernel=config.kernel)
     timings["knn_graph_s"] = time.perf_counter() - t
     t = time.perf_counter()
     labels, stats = cluster_graph(A, config.alpha, config.eps, config.min_size, config.seed,
                                   max_fraction=config.max_fraction,
                                   conductance_threshold=config.conductance_threshold,
                                   seeds_per_round=config.seeds_per_round, max_pushes=config.max_pushes,
-                                  progress=progress)
+                                  n_threads=_threads_per_rank(config.devices) if world > 1 else None,
+                                  progress=progress, rank=rank, world_size=world)
     timings["cluster_s"] = time.perf_counter() - t
+    return labels, stats, A, info, timings
 
+
+def _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, world) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / "graph.npz.tmp.npz"
     sp.save_npz(tmp, A.tocsr())
     tmp.replace(out / "graph.npz")
@@ -143,11 +249,11 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
     clustered = int((labels >= 0).sum())
     write_json(out / "summary.json", {
         "tokens": int(len(labels)), "clusters": len(stats), "clustered_tokens": clustered,
-        "source": meta.get("source", "sampling"), **{k: round(v, 3) for k, v in timings.items()},
+        "source": meta.get("source", "sampling"), "ranks": world,
+        **{k: round(v, 3) for k, v in timings.items()},
     })
     print(f"lit-susc: {len(stats)} clusters covering {clustered} of {len(labels)} tokens written to {out.resolve()}\n"
           f"  labels: pyarrow.parquet.read_table('{out / 'labels.parquet'}')   (label -1 = unclustered)")
-    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
