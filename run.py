@@ -2,6 +2,8 @@
 
     python run.py sample --config configs/quickstart.yaml
     python run.py sample --config configs/quickstart.yaml --print_config
+    python run.py aux fit --config configs/aux_fit_quickstart.yaml
+    python run.py aux predict --config configs/aux_predict_quickstart.yaml
     python run.py cluster --config configs/cluster.yaml
 
 Known bad input ends with one ``lit-susc: error: ...`` line and exit status 2; set
@@ -19,7 +21,11 @@ def main(argv=None) -> None:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv[:1] == ["cluster"]:
+        if argv[:1] == ["aux"]:
+            from lit_susc.aux.cli import main as aux_main
+
+            aux_main(argv[1:])
+        elif argv[:1] == ["cluster"]:
             from lit_susc.cluster.stage import main as cluster_main
 
             cluster_main(argv[1:])

@@ -1,0 +1,74 @@
+"""A fitted aux model on disk: everything ``aux predict`` needs, no pickle.
+
+    aux_model.safetensors      encoder/decoder weights (float32)
+    pca.safetensors            the PC basis of chi (mean, scale, components, variances; float64)
+    normalization.safetensors  feature_mean, feature_std (inputs), target_scale (outputs); float64
+    aux.json                   config, base-model identity, layers, shapes, per-PC Pearson (aux, ridge)
+    pearson.png                per-PC validation Pearson, aux model beside ridge
+    summary.json               written last: its presence means the fit finished
+
+Predicted PC scores are ``aux(normalised features) * target_scale``; ``pca.to_components`` maps
+them to component space and ``pca.whiten`` to the clustering basis.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..result import FINISHED_MARKER, write_json
+from .model import AuxModel, AuxModelConfig
+from .pca import PCABasis
+
+WEIGHTS_FILE, PCA_FILE, NORMALIZATION_FILE, META_FILE = (
+    "aux_model.safetensors", "pca.safetensors", "normalization.safetensors", "aux.json")
+
+
+@dataclass
+class AuxBundle:
+    """A trained aux model with its input normalisation, output scale, PC basis and metadata."""
+
+    model: AuxModel
+    pca: PCABasis
+    feature_mean: Tensor
+    """[n_features], float64."""
+    feature_std: Tensor
+    """[n_features], float64."""
+    target_scale: Tensor
+    """[n_pcs], float64: PC scores = model output * target_scale."""
+    meta: dict
+    """The contents of aux.json."""
+
+    def save(self, directory: str | Path, summary: dict) -> None:
+        """Write the bundle's files, ``summary.json`` last."""
+        directory = Path(directory)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+                   if k.startswith(("encoder.", "decoder."))}
+        _save(directory / WEIGHTS_FILE, weights)
+        self.pca.save(directory / PCA_FILE)
+        _save(directory / NORMALIZATION_FILE, {"feature_mean": self.feature_mean, "feature_std": self.feature_std,
+                                               "target_scale": self.target_scale})
+        write_json(directory / META_FILE, self.meta)
+        write_json(directory / FINISHED_MARKER, summary)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> AuxBundle:
+        directory = Path(directory)
+        if not (directory / FINISHED_MARKER).exists():
+            raise FileNotFoundError(f"{directory} holds no finished aux model ({FINISHED_MARKER} is missing); "
+                                    "run `aux fit` first")
+        meta = json.loads((directory / META_FILE).read_text())
+        model = AuxModel(meta["n_features"], meta["n_pcs"], AuxModelConfig(**meta["config"]["model"]))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        norm = load_file(str(directory / NORMALIZATION_FILE))
+        return cls(model=model.eval(), pca=PCABasis.load(directory / PCA_FILE), meta=meta, **norm)
+
+
+def _save(path: Path, tensors: dict[str, Tensor]) -> None:
+    tmp = Path(str(path) + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)

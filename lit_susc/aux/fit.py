@@ -1,0 +1,281 @@
+"""``aux fit``: features and PC targets of a susceptibility run, the aux model, the ridge baseline.
+
+Targets are PC scores divided by a fixed scale r, so that lr and l1 do not depend on chi's units:
+
+    y_k = pcs_k / r_k,   r_k = sqrt(lambda_k)               (targets.whiten, the default: whitened PCs)
+                         r_k = sqrt(lambda_1) for every k   (PC scores keep their relative variances)
+
+Features and targets are cached as ``.npy`` memory maps under ``output_dir/cache`` (never pickled),
+so runs of any size train without holding them in memory; a cache made from the same run with
+the same layers is reused. Bad input (tokens that do not line up, more PCs than components,
+non-finite chi or activations, a base model that is not the run's) raises ValueError before any
+output is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..corpus import ContextSet, iter_texts, make_contexts, token_table
+from ..lm import TextDataConfig
+from ..result import FINISHED_MARKER, read_chi, read_metadata, write_json
+from ..tinylm import load_causal_lm
+from .bundle import AuxBundle
+from .features import (ResidualFeatures, check_alignment, check_same_model, config_hash, feature_layers,
+                       model_identity)
+from .model import AuxDataModule, AuxModel, AuxModelConfig, normalization_stats
+from .pca import PCABasis, TargetConfig, fit_pca
+from .plot import plot_pearson
+from .ridge import RidgeConfig, ridge_pearson
+from .split import SplitConfig, document_split
+
+_CHI_CHUNK = 1 << 16  # tokens of chi read at a time
+
+
+@dataclass
+class FeatureConfig:
+    """Which activations feed the aux model and how they are collected."""
+
+    layers: list[int] | None = None
+    """Residual-stream indices (0 = embeddings, l = output of block l-1, before the final norm);
+    None: ``count`` evenly spaced intermediate layers."""
+    count: int = 4
+    """Number of evenly spaced layers when ``layers`` is None (the spec: 4)."""
+    batch_size: int = 32
+    """Contexts per base-model forward pass."""
+    dtype: Literal["float32", "float16"] = "float32"
+    """Storage of the feature cache; float16 halves it (Pythia-1.4B: 16 KiB per token)."""
+
+
+@dataclass
+class FitData:
+    """Everything the aux model trains on, aligned row by row with the run's token table."""
+
+    features: np.ndarray
+    """[N, n_features], memory-mapped."""
+    targets: np.ndarray
+    """[N, n_pcs] float32, memory-mapped: PC scores / target_scale."""
+    is_val: np.ndarray
+    """[N] bool: the token's document is a validation document."""
+    pca: PCABasis
+    feature_mean: Tensor
+    feature_std: Tensor
+    target_scale: Tensor
+    layers: list[int]
+    base_model: dict
+    """Identity of the base model: pretrained, revision, config_hash, weights."""
+    documents: dict[str, int]
+    """Number of distinct documents on each side of the split ("train", "val")."""
+
+
+def _read_run(run_dir: Path) -> tuple[dict, dict, pq.ParquetFile]:
+    meta = read_metadata(run_dir)
+    missing = [f for f in ("run.json", "tokens.parquet") if not (run_dir / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} lacks {', '.join(missing)}: aux fit needs a language-model run made by "
+                                "`run.py sample`")
+    return meta, json.loads((run_dir / "run.json").read_text()), pq.read_table(run_dir / "tokens.parquet")
+
+
+def _check_chi(run_dir: Path, n_tokens: int) -> None:
+    for a in range(0, n_tokens, _CHI_CHUNK):
+        chunk = read_chi(run_dir, a, a + _CHI_CHUNK)
+        if not torch.isfinite(chunk).all():
+            token = a + int((~torch.isfinite(chunk)).any(0).nonzero()[0])
+            raise ValueError(f"chi of {run_dir} is not finite at token {token}; re-run or repair the susceptibility "
+                             "run before fitting an aux model on it")
+
+
+def observation_contexts(tokenizer, data: dict) -> ContextSet:
+    """The run's observation contexts, cut again from its data source exactly as ``sample`` did."""
+    cfg = TextDataConfig(**data)
+    docs = iter_texts(cfg.source, split=cfg.split, text_column=cfg.text_column, max_documents=cfg.max_documents,
+                      streaming=True)
+    return make_contexts(tokenizer, docs, cfg.context_length, max_contexts=cfg.observation_contexts)
+
+
+def load_run_base_model(run: dict, trust_remote_code: bool = False):
+    """The base model named in run.json, checked against the config it recorded; (model, tokenizer, identity)."""
+    recorded = run["model"]
+    model, tokenizer = load_causal_lm(recorded["pretrained"], revision=recorded["revision"],
+                                      trust_remote_code=trust_remote_code)
+    identity = model_identity(recorded["pretrained"], recorded["revision"], model)
+    expected = {"pretrained": recorded["pretrained"], "revision": recorded["revision"],
+                "config_hash": config_hash(recorded["model_config"])}
+    check_same_model(expected, identity, "aux fit")
+    return model, tokenizer, identity
+
+
+def collect_features(extractor: ResidualFeatures, input_ids: Tensor, batch_size: int, out: np.ndarray,
+                     device: torch.device) -> None:
+    """out[c * (T-1) + t - 1] = features of token t of context c (t = 1..T-1); raises on non-finite values."""
+    per_context = input_ids.shape[1] - 1
+    with torch.no_grad():
+        for a in range(0, len(input_ids), batch_size):
+            feats = extractor(input_ids[a:a + batch_size].to(device))[:, 1:].flatten(0, 1)
+            if not torch.isfinite(feats).all():
+                raise ValueError(f"the base model's activations are not finite in contexts {a}..{a + batch_size - 1} "
+                                 f"(layers {extractor.layers}); check the model's weights and dtype")
+            out[a * per_context:a * per_context + len(feats)] = feats.cpu().numpy()
+
+
+def _cache_identity(run_dir: Path, layers: list[int], dtype: str) -> dict:
+    run_hash = hashlib.sha256((run_dir / "run.json").read_bytes() + (run_dir / "result.json").read_bytes())
+    return {"run": run_hash.hexdigest()[:16], "layers": layers, "dtype": dtype}
+
+
+def _feature_cache(run_dir: Path, cache_dir: Path, run: dict, tokens, config: FeatureConfig, device: torch.device,
+                   trust_remote_code: bool) -> tuple[np.ndarray, list[int], dict]:
+    model, tokenizer, identity = load_run_base_model(run, trust_remote_code)
+    layers = config.layers or feature_layers(model.config.num_hidden_layers, config.count)
+    extractor = ResidualFeatures(model, layers).to(device)
+    contexts = observation_contexts(tokenizer, run["data"])
+    check_alignment(tokens, token_table(contexts, tokenizer), "the base model's tokens re-created from run.json")
+    path, stamp = cache_dir / "features.npy", cache_dir / "features.json"
+    wanted = {**_cache_identity(run_dir, layers, config.dtype), "base_model": identity}
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        return np.load(path, mmap_mode="r"), layers, identity
+    created = [d for d in (cache_dir.parent, cache_dir) if not d.exists()]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f"features.{os.getpid()}.tmp.npy"
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=config.dtype,
+                                        shape=(tokens.num_rows, extractor.n_features))
+        collect_features(extractor, contexts.input_ids, config.batch_size, out, device)
+        out.flush()
+        del out
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        for d in reversed(created):  # leave no trace of a failed first attempt
+            d.rmdir()
+        raise
+    write_json(stamp, wanted)
+    return np.load(path, mmap_mode="r"), layers, identity
+
+
+def prepare_fit_data(run_dir: str | Path, cache_dir: str | Path, features: FeatureConfig, targets: TargetConfig,
+                     split: SplitConfig, device: torch.device | str = "cpu",
+                     trust_remote_code: bool = False) -> FitData:
+    """Features, split, PC basis (training split only), targets and normalisation of a finished run."""
+    run_dir, cache_dir, device = Path(run_dir), Path(cache_dir), torch.device(device)
+    meta, run, tokens = _read_run(run_dir)
+    n_components, n_tokens = len(meta["components"]), meta["n_tokens"]
+    if targets.n_pcs is not None and not 1 <= targets.n_pcs <= n_components:
+        raise ValueError(f"targets.n_pcs={targets.n_pcs} asked, but {run_dir} has {n_components} components; "
+                         f"use 1..{n_components} (or null for all)")
+    if tokens.num_rows != n_tokens:
+        raise ValueError(f"{run_dir}: tokens.parquet has {tokens.num_rows} rows but chi has {n_tokens} tokens; the "
+                         "run directory is inconsistent")
+    _check_chi(run_dir, n_tokens)
+    is_val = document_split(tokens.column("document").to_pylist(), split)
+    feats, layers, identity = _feature_cache(run_dir, cache_dir, run, tokens, features, device, trust_remote_code)
+    stamp = cache_dir / "targets.json"
+    wanted = {"features": json.loads((cache_dir / "features.json").read_text()), "targets": asdict(targets),
+              "split": asdict(split)}
+    # Made once, then only read: DDP ranks started by Lightning re-run this while rank 0 trains on it.
+    if not (stamp.exists() and json.loads(stamp.read_text()) == wanted):
+        stamp.unlink(missing_ok=True)
+        _write_targets(run_dir, cache_dir, feats, is_val, n_tokens, targets)
+        write_json(stamp, wanted)
+    stats = load_file(str(cache_dir / "normalization.safetensors"))
+    documents = np.asarray(tokens.column("document").to_pylist(), dtype=object)
+    return FitData(features=feats, targets=np.load(cache_dir / "targets.npy", mmap_mode="r"), is_val=is_val,
+                   pca=PCABasis.load(cache_dir / "pca.safetensors"), **stats, layers=layers, base_model=identity,
+                   documents={"train": len(set(documents[~is_val])), "val": len(set(documents[is_val]))})
+
+
+def _write_targets(run_dir: Path, cache_dir: Path, features: np.ndarray, is_val: np.ndarray, n_tokens: int,
+                   config: TargetConfig) -> None:
+    """PC basis of the training split's chi, targets of every token, feature normalisation: to the cache."""
+    def train_chi():
+        for a in range(0, n_tokens, _CHI_CHUNK):
+            yield read_chi(run_dir, a, a + _CHI_CHUNK).T[torch.from_numpy(~is_val[a:a + _CHI_CHUNK])]
+
+    pca = fit_pca(train_chi, config)
+    scale = pca.variances.sqrt() if config.whiten else pca.variances[:1].sqrt().expand(pca.n_pcs).clone()
+    tmp = cache_dir / f"targets.{os.getpid()}.tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_tokens, pca.n_pcs))
+    for a in range(0, n_tokens, _CHI_CHUNK):
+        out[a:a + _CHI_CHUNK] = (pca.to_pcs(read_chi(run_dir, a, a + _CHI_CHUNK).T) / scale).numpy()
+    out.flush()
+    del out
+    tmp.replace(cache_dir / "targets.npy")
+    pca.save(cache_dir / "pca.safetensors")
+    mean, std = normalization_stats(features, np.flatnonzero(~is_val))
+    save_file({"feature_mean": mean, "feature_std": std, "target_scale": scale},
+              str(cache_dir / "normalization.safetensors"))
+
+
+def fit_aux(trainer: L.Trainer, susceptibilities: str | Path, output_dir: str | Path,
+            features: FeatureConfig | None = None, targets: TargetConfig | None = None,
+            split: SplitConfig | None = None, model: AuxModelConfig | None = None, batch_size: int = 256,
+            num_workers: int = 0, ridge: RidgeConfig | None = None, trust_remote_code: bool = False,
+            config_text: str | None = None) -> AuxBundle:
+    """Train the aux model on a finished susceptibility run and write the aux directory (see bundle.py).
+
+    A directory that already holds this fit's finished results is returned as it is; one holding
+    another fit is refused.
+    """
+    features, targets = features or FeatureConfig(), targets or TargetConfig()
+    split, model, ridge = split or SplitConfig(), model or AuxModelConfig(), ridge or RidgeConfig()
+    run_dir, out_dir = Path(susceptibilities), Path(output_dir)
+    config = {"susceptibilities": str(susceptibilities), "features": asdict(features), "targets": asdict(targets),
+              "split": asdict(split), "model": asdict(model), "batch_size": batch_size, "ridge": asdict(ridge)}
+    if (out_dir / FINISHED_MARKER).exists():
+        previous = json.loads((out_dir / "aux.json").read_text())["config"]
+        if previous != config:
+            changed = sorted(k for k in config if previous.get(k) != config[k])
+            raise ValueError(f"{out_dir} holds another finished aux fit (differs in: {', '.join(changed)}); choose "
+                             "a new output_dir or delete it")
+        print(f"lit-susc: {out_dir} already holds this aux fit's finished results; nothing to do.")
+        return AuxBundle.load(out_dir)
+
+    data = prepare_fit_data(run_dir, out_dir / "cache", features, targets, split, trainer.strategy.root_device,
+                            trust_remote_code)
+    meta = read_metadata(run_dir)
+    module = AuxModel(data.features.shape[1], data.pca.n_pcs, model)
+    datamodule = AuxDataModule(data.features, data.targets, data.is_val, data.feature_mean, data.feature_std,
+                               batch_size=batch_size, num_workers=num_workers)
+    # The unbound call: AuxTrainer.fit is this whole stage, Trainer.fit the Lightning loop.
+    L.Trainer.fit(trainer, module, datamodule=datamodule)
+    trainer.validate(module, datamodule=datamodule, verbose=False)  # the final weights' per-PC Pearson
+    pearson = module.pearson
+    bundle = AuxBundle(model=module, pca=data.pca, feature_mean=data.feature_mean, feature_std=data.feature_std,
+                       target_scale=data.target_scale, meta={})
+    if trainer.is_global_zero:
+        ridge_r, ridge_fit = ridge_pearson(data.features, data.targets, datamodule.train_rows,
+                                           datamodule.val_rows, data.feature_mean, data.feature_std, ridge)
+        bundle.meta = {
+            "config": config, "base_model": data.base_model, "layers": data.layers,
+            "context_length": json.loads((run_dir / "run.json").read_text())["data"]["context_length"],
+            "n_features": int(data.features.shape[1]), "n_pcs": data.pca.n_pcs, "hidden": module.encoder.out_features,
+            "components": meta["components"], "convention": meta["convention"], "nbeta": meta["nbeta"],
+            "tokens": {"train": int((~data.is_val).sum()), "val": int(data.is_val.sum())},
+            "documents": data.documents,
+            "pc_variances": data.pca.variances.tolist(),
+            "pearson": pearson.tolist(), "pearson_mean": float(pearson.mean()),
+            "ridge": {"pearson": ridge_r.tolist(), "pearson_mean": float(ridge_r.mean()), **ridge_fit},
+        }
+        if config_text is not None:
+            (out_dir / "config.yaml").write_text(config_text)
+        plot_pearson(pearson, ridge_r, out_dir / "pearson.png")
+        bundle.save(out_dir, {"pearson_mean": float(pearson.mean()), "ridge_pearson_mean": float(ridge_r.mean()),
+                              "n_pcs": data.pca.n_pcs, "tokens": len(data.is_val), "epochs": trainer.current_epoch})
+        print(f"\nlit-susc: aux model for {data.pca.n_pcs} PCs of {len(meta['components'])} components written to "
+              f"{out_dir.resolve()}\n  validation Pearson per PC, mean: aux {pearson.mean():.3f}, "
+              f"ridge {ridge_r.mean():.3f} (pearson.png)")
+    trainer.strategy.barrier("lit-susc aux outputs written")
+    return bundle
