@@ -54,8 +54,8 @@ def run_identity(module: SusceptibilitySampler, extra: dict | None = None) -> di
     return {
         "sgld": module.sgld.to_dict(),
         "components": module.component_names,
-        "model": _digest_tensors(p for _, p in sorted(module.model.named_parameters())),
-        "data": _digest_tensors([*_batch_tensors(data.sampling), *_batch_tensors(data.observation),
+        "model_digest": _digest_tensors(p for _, p in sorted(module.model.named_parameters())),
+        "data_digest": _digest_tensors([*_batch_tensors(data.sampling), *_batch_tensors(data.observation),
                                  *_batch_tensors(data.reference)]),
         **(extra or {}),
     }

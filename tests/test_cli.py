@@ -156,3 +156,19 @@ def test_wandb_logger_records_the_chains_offline(tiny_lm_dir, tmp_path, monkeypa
         time.sleep(0.5)
     records = runs[0].read_bytes()
     assert b"sgld/loss" in records and b"sgld/phi" in records
+
+
+def test_changed_weights_under_the_same_path_are_another_run(tiny_lm_dir, tmp_path, capsys):
+    import shutil
+
+    from lit_susc.tinylm import load_causal_lm
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_lm_dir, model_dir)
+    config = write_config(tmp_path / "c.yaml", model_dir, tmp_path / "out", components=["embed"])
+    sample(config)
+    model, tokenizer = load_causal_lm(str(model_dir))
+    with torch.no_grad():
+        model.gpt_neox.embed_in.weight.add_(0.01)
+    model.save_pretrained(model_dir)
+    fails_with(config, capsys, "differs in: model_digest")
