@@ -143,7 +143,7 @@ class SusceptibilitySampler(L.LightningModule):
     # -- Lightning hooks ----------------------------------------------------------------------
 
     def configure_optimizers(self):
-        return self.sgld.make_optimizer([p for p in self.model.parameters()])
+        return self.sgld.make_optimizer(list(self.model.parameters()))
 
     def train_dataloader(self) -> DataLoader:
         world = self.trainer.world_size
