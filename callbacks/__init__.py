@@ -2,11 +2,13 @@
 
 - :class:`SusceptibilityCallback`: streaming float64 covariance sums -> chi[component, token].
 - :class:`LLCCallback`: per-component learning coefficients, per chain and mean/std.
+- :class:`BIFCallback`: streaming cross-covariance sums -> BIF[component, train, query].
 - :class:`DiagnosticsCallback`: loss traces, divergence detection.
 """
 
+from .influence import BIFCallback
 from .diagnostics import ChainDivergedError, DiagnosticsCallback
 from .llc import LLCCallback
 from .susceptibility import SusceptibilityCallback
 
-__all__ = ["ChainDivergedError", "DiagnosticsCallback", "LLCCallback", "SusceptibilityCallback"]
+__all__ = ["BIFCallback", "ChainDivergedError", "DiagnosticsCallback", "LLCCallback", "SusceptibilityCallback"]

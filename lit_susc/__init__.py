@@ -6,19 +6,20 @@ Spec: "How to Scale Susceptibilities" (Gordon, Adam, Hoogland, Murfet 2026).
 from .components import discover_components, resolve_components, select_components
 from .config import SGLDConfig
 from .langevin import SGLD, RMSPropSGLD
+from .influence import BIFResult
 from .result import SusceptibilityResult, read_chi
 
 __all__ = [
-    "RMSPropSGLD", "SGLD", "SGLDConfig", "SusceptibilityResult", "discover_components",
-    "estimate_susceptibilities", "read_chi", "resolve_components", "select_components",
+    "BIFResult", "RMSPropSGLD", "SGLD", "SGLDConfig", "SusceptibilityResult", "discover_components",
+    "estimate_bif", "estimate_susceptibilities", "read_chi", "resolve_components", "select_components",
 ]
 
 
 def __getattr__(name: str):
     # The API pulls in the top-level ``callbacks`` package, which itself imports from lit_susc;
     # importing it lazily keeps ``import callbacks`` and ``import lit_susc`` order-free.
-    if name == "estimate_susceptibilities":
-        from .api import estimate_susceptibilities
+    if name in ("estimate_susceptibilities", "estimate_bif"):
+        from . import api
 
-        return estimate_susceptibilities
+        return getattr(api, name)
     raise AttributeError(f"module 'lit_susc' has no attribute {name!r}")

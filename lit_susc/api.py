@@ -1,4 +1,4 @@
-"""The Python API: susceptibilities of any ``nn.Module`` from a per-sample loss function."""
+"""The Python API: susceptibilities and Bayesian influence functions of any ``nn.Module``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .components import resolve_components
 from .config import SGLDConfig
-from .engine import make_trainer, run_sampling
+from .engine import bif_callbacks, make_trainer, run_bif, run_sampling
+from .influence import BIFResult
 from .result import SusceptibilityResult
 from .sampler import LossFn, SamplingData, SusceptibilitySampler
 
@@ -46,18 +48,61 @@ def estimate_susceptibilities(
         run_dir: where unit state and outputs go (resumable); by default a temporary directory,
             removed once the result is in memory.
     """
+    return _run(model, loss_fn, sampling_data, list(observation_data), components, sgld, trainer, reference_data,
+                run_dir, None, lambda module, lt: run_sampling(module, lt))
+
+
+def estimate_bif(
+    model: nn.Module,
+    loss_fn: LossFn,
+    sampling_data: Iterable[Any],
+    train_data: Iterable[Any],
+    query_data: Iterable[Any],
+    components=None,
+    sgld: SGLDConfig | None = None,
+    trainer: dict | None = None,
+    *,
+    reference_data: Any = None,
+    run_dir: str | Path | None = None,
+    top_k: int = 10,
+) -> BIFResult:
+    """Bayesian influence functions BIF(z_i, q) = -Cov(l_i(w), l_q(w)) under the localized posterior.
+
+    The same sampler as ``estimate_susceptibilities`` (its arguments mean the same), with the
+    observation data being ``train_data`` followed by ``query_data``: the result's ``bif`` is
+    [components, training losses, query losses], training and query losses each concatenated
+    along dim 0 and flattened (per sample when ``loss_fn`` returns [B], per token for [B, T]).
+    ``components=None`` samples the whole model; a list of patterns gives one matrix each.
+    Only streaming sums are kept, never the draws.
+    """
+    train, query = list(train_data), list(query_data)
+    if not train or not query:
+        raise ValueError("estimate_bif needs at least one batch of training samples and one of queries")
+
+    def n_losses(batches) -> int:
+        with torch.no_grad():
+            return sum(loss_fn(model, b).numel() for b in batches)
+
+    n_train = n_losses(train)
+    granularity = "token" if loss_fn(model, train[0]).dim() > 1 else "sample"
+    return _run(model, loss_fn, sampling_data, train + query, components, sgld, trainer, reference_data, run_dir,
+                bif_callbacks(n_train), lambda module, lt: run_bif(module, lt, granularity=granularity, top_k=top_k))
+
+
+def _run(model, loss_fn, sampling_data, observation, components, sgld, trainer, reference_data, run_dir,
+         required, runner):
+    """Shared set-up of the API's runs: data, components, a run directory (temporary by default), Trainer."""
     sgld = sgld or SGLDConfig()
     sampling = list(sampling_data)
-    data = SamplingData(sampling=sampling, observation=list(observation_data),
+    data = SamplingData(sampling=sampling, observation=observation,
                         reference=reference_data if reference_data is not None else (sampling[0] if sampling else None))
     resolved = resolve_components(model, components)
     temporary = run_dir is None
     run_dir = Path(tempfile.mkdtemp(prefix="lit-susc-") if temporary else run_dir)
-    lightning_trainer = make_trainer(trainer, run_dir)
+    lightning_trainer = make_trainer(trainer, run_dir, required)
     if temporary and lightning_trainer.world_size > 1:
         raise ValueError("a multi-process run needs run_dir: every process must write to the same directory")
-    module = SusceptibilitySampler(model, loss_fn, resolved, data, sgld, run_dir)
-    result = run_sampling(module, lightning_trainer)
+    result = runner(SusceptibilitySampler(model, loss_fn, resolved, data, sgld, run_dir), lightning_trainer)
     if temporary:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume from a directory nobody named
     return result

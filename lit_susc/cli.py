@@ -1,14 +1,16 @@
-"""The command line: LightningCLI with lit-susc's subcommands (``sample``; more per stage)."""
+"""The command line of the sampler's stages: LightningCLI subcommands ``sample`` and ``bif``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from .engine import REQUIRED_CALLBACKS, run_sampling
-from .lm import LMSusceptibilities
+from .engine import REQUIRED_CALLBACKS, bif_callbacks, run_bif, run_sampling, with_required_callbacks
+from .influence import BIFResult
+from .lm import LMInfluence, LMSusceptibilities
 from .result import SusceptibilityResult
 
 HOW_TO_READ = """\
@@ -27,9 +29,7 @@ class SusceptibilityTrainer(L.Trainer):
 
     def sample(self, model: LMSusceptibilities, config_text: str | None = None) -> SusceptibilityResult:
         """Sample chi for every selected component and write the run directory."""
-        for cls in REQUIRED_CALLBACKS:
-            if not any(isinstance(c, cls) for c in self.callbacks):
-                self.callbacks.append(cls())
+        self.callbacks[:] = with_required_callbacks(self.callbacks, [cls() for cls in REQUIRED_CALLBACKS])
         result = run_sampling(model, self, tokens=model.tokens, identity_extra=model.describe(),
                               config=model.describe(), config_text=config_text, shard_tokens=model.shard_tokens)
         if self.is_global_zero:
@@ -40,21 +40,40 @@ class SusceptibilityTrainer(L.Trainer):
         return result
 
 
+    def bif(self, model: LMInfluence, config_text: str | None = None) -> BIFResult:
+        """Bayesian influence functions of the training samples on the queries; writes the run directory."""
+        self.callbacks[:] = with_required_callbacks(self.callbacks, bif_callbacks(model.n_train))
+        result = run_bif(model, self, granularity=model.data_config.granularity, train=model.train_table,
+                         query=model.query_table, identity_extra=model.describe(), config=model.describe(),
+                         config_text=config_text, top_k=model.top_k)
+        if self.is_global_zero:
+            run_dir = Path(model.run_dir).resolve()
+            _, n_train, n_query = result.bif.shape
+            print(f"\nlit-susc: BIF of {n_train} training {result.granularity}s on {n_query} queries "
+                  f"({len(result.components)} component(s)) written to {run_dir}\n"
+                  f"  most influential per query: {run_dir / 'top_influences.md'}\n"
+                  f"  in Python: lit_susc.BIFResult.load(\"{run_dir}\").bif  # [components, train, query]")
+        return result
+
+
 class LitSuscCLI(LightningCLI):
     """``python run.py sample --config configs/quickstart.yaml`` (``--print_config`` works)."""
 
+    MODEL = LMSusceptibilities
+    SUBCOMMAND = "sample"
+
     def __init__(self, args=None) -> None:
         super().__init__(
-            model_class=LMSusceptibilities, trainer_class=SusceptibilityTrainer, save_config_callback=None,
+            model_class=self.MODEL, trainer_class=SusceptibilityTrainer, save_config_callback=None,
             trainer_defaults={"logger": False, "enable_checkpointing": False, "max_epochs": 1,
                               "use_distributed_sampler": False, "num_sanity_val_steps": 0,
                               "enable_model_summary": False},
             args=args, auto_configure_optimizers=False,
         )
 
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {"sample": {"model", "config_text"}}
+    @classmethod
+    def subcommands(cls) -> dict[str, set[str]]:
+        return {cls.SUBCOMMAND: {"model", "config_text"}}
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].trainer
@@ -71,5 +90,13 @@ class LitSuscCLI(LightningCLI):
         return kwargs
 
 
+class InfluenceCLI(LitSuscCLI):
+    """``python run.py bif --config configs/bif_quickstart.yaml`` (``--print_config`` works)."""
+
+    MODEL = LMInfluence
+    SUBCOMMAND = "bif"
+
+
 def main(argv: list[str] | None = None) -> None:
-    LitSuscCLI(args=argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    (InfluenceCLI if argv[:1] == ["bif"] else LitSuscCLI)(args=argv)

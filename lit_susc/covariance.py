@@ -15,6 +15,15 @@ draws, chains and ranks. From them, pooled over all S draws of all chains of C:
         chi[t] = -Cov(phi, d[t]) = -(seed value) / nbeta
 
 and the per-chain learning coefficient lambda = nbeta * mean_s phi_s.
+
+The Bayesian influence function (design.md section 2) is a cross-covariance of two loss vectors,
+a[i] = l_i(w_s) (training samples) and b[q] = l_q(w_s) (queries), kept the same way:
+
+    sums: S, sum a[i], sum b[q], sum a[i] b[q]
+    BIF(z_i, q) = -Cov(l_i, l_q) = -(sum a[i] b[q] / S - (sum a[i] / S)(sum b[q] / S))
+
+Covariances do not change when a constant is added to a or b, so callers may subtract the
+losses at w* first: the sums then stay small and the float64 subtraction loses no digits.
 """
 
 from __future__ import annotations
@@ -27,9 +36,32 @@ from torch import Tensor
 CONVENTIONS = ("seed", "baker")
 
 
+class StreamingSums:
+    """float64 sums over draws that add across draws, chains and ranks: state / merge / from_state."""
+
+    state_names: tuple[str, ...] = ()
+
+    def state(self) -> dict[str, Tensor]:
+        return {k: getattr(self, k) for k in self.state_names}
+
+    def merge(self, other: StreamingSums) -> None:
+        for name, value in other.state().items():
+            getattr(self, name).add_(value.to(getattr(self, name).device))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]):
+        return cls(**{k: v.to(torch.float64) for k, v in state.items()})
+
+
+def _zeros(*shape: int, device: torch.device | str = "cpu") -> Tensor:
+    return torch.zeros(shape, dtype=torch.float64, device=device)
+
+
 @dataclass
-class CovarianceSums:
+class CovarianceSums(StreamingSums):
     """Sufficient statistics of (phi, d[t]) over draws; state / update / merge / compute."""
+
+    state_names = ("count", "sum_phi", "sum_phi_sq", "sum_d", "sum_phi_d")
 
     count: Tensor  # float64 scalar: number of draws S
     sum_phi: Tensor  # float64 scalar
@@ -39,8 +71,8 @@ class CovarianceSums:
 
     @classmethod
     def zeros(cls, n_tokens: int, device: torch.device | str = "cpu") -> CovarianceSums:
-        z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
-        return cls(z(), z(), z(), z(n_tokens), z(n_tokens))
+        return cls(_zeros(device=device), _zeros(device=device), _zeros(device=device),
+                   _zeros(n_tokens, device=device), _zeros(n_tokens, device=device))
 
     def update(self, phi: Tensor, d: Tensor) -> None:
         """Fold one draw: phi a scalar, d the [T] centred per-token losses."""
@@ -50,17 +82,6 @@ class CovarianceSums:
         self.sum_phi_sq += phi * phi
         self.sum_d += d.to(torch.float64)
         self.sum_phi_d.add_(d.to(torch.float64) * phi)
-
-    def merge(self, other: CovarianceSums) -> None:
-        for name, value in other.state().items():
-            getattr(self, name).add_(value.to(getattr(self, name).device))
-
-    def state(self) -> dict[str, Tensor]:
-        return {k: getattr(self, k) for k in ("count", "sum_phi", "sum_phi_sq", "sum_d", "sum_phi_d")}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Tensor]) -> CovarianceSums:
-        return cls(**{k: v.to(torch.float64) for k, v in state.items()})
 
     def covariance(self) -> Tensor:
         """Cov(phi, d[t]) with the 1/S (population) normalisation of the spec's estimator."""
@@ -86,3 +107,43 @@ def susceptibility(sums: CovarianceSums, nbeta: float, convention: str = "seed")
 def learning_coefficient(mean_phi: float, nbeta: float) -> float:
     """lambda = nbeta * (mean over draws of L_ref(w_s) - L_ref(w*))."""
     return nbeta * mean_phi
+
+
+@dataclass
+class CrossCovarianceSums(StreamingSums):
+    """Sufficient statistics of two loss vectors a [A] and b [B] over draws (module docstring)."""
+
+    state_names = ("count", "sum_a", "sum_b", "sum_ab")
+
+    count: Tensor  # float64 scalar: number of draws S
+    sum_a: Tensor  # float64 [A]
+    sum_b: Tensor  # float64 [B]
+    sum_ab: Tensor  # float64 [A, B]
+
+    @classmethod
+    def zeros(cls, n_a: int, n_b: int, device: torch.device | str = "cpu") -> CrossCovarianceSums:
+        return cls(_zeros(device=device), _zeros(n_a, device=device), _zeros(n_b, device=device),
+                   _zeros(n_a, n_b, device=device))
+
+    def update(self, a: Tensor, b: Tensor) -> None:
+        """Fold one draw: a [A] and b [B] losses at the same weights."""
+        a, b = a.to(torch.float64), b.to(torch.float64)
+        self.count += 1
+        self.sum_a += a
+        self.sum_b += b
+        self.sum_ab.addr_(a, b)
+
+    def covariance(self) -> Tensor:
+        """Cov(a[i], b[q]) [A, B] with the 1/S normalisation, like ``CovarianceSums.covariance``."""
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 draws, got {int(self.count)}")
+        s = self.count
+        return self.sum_ab / s - torch.outer(self.sum_a / s, self.sum_b / s)
+
+
+def bayesian_influence(sums: CrossCovarianceSums) -> Tensor:
+    """BIF(z_i, q) = -Cov(l_i, l_q) [train, query] over the draws (design.md section 2).
+
+    Negative: upweighting z_i lowers the query's expected loss (z_i helps q); positive: it raises it.
+    """
+    return -sums.covariance()

@@ -11,8 +11,9 @@ import lightning as L
 import pyarrow as pa
 import torch
 
-from callbacks import DiagnosticsCallback, LLCCallback, SusceptibilityCallback
+from callbacks import BIFCallback, DiagnosticsCallback, LLCCallback, SusceptibilityCallback
 
+from .influence import BIFResult
 from .result import FINISHED_MARKER, SusceptibilityResult, write_json, write_parquet
 from .sampler import SusceptibilitySampler
 from .strategy import chains_strategy
@@ -84,23 +85,23 @@ def prepare_run_dir(run_dir: Path, identity: dict) -> str:
     return "fresh"
 
 
-def with_required_callbacks(callbacks: list | None) -> list:
-    """The user's callbacks plus default instances of the ones a sampling run needs."""
+def with_required_callbacks(callbacks: list | None, required: list[L.Callback] | None = None) -> list:
+    """The user's callbacks plus the ones a run needs (default: a susceptibility run's), unless present."""
     callbacks = list(callbacks or [])
-    for cls in REQUIRED_CALLBACKS:
-        if not any(isinstance(c, cls) for c in callbacks):
-            callbacks.append(cls())
+    for callback in required if required is not None else [cls() for cls in REQUIRED_CALLBACKS]:
+        if not any(isinstance(c, type(callback)) for c in callbacks):
+            callbacks.append(callback)
     return callbacks
 
 
-def make_trainer(trainer: dict | None, run_dir: Path) -> L.Trainer:
+def make_trainer(trainer: dict | None, run_dir: Path, required: list[L.Callback] | None = None) -> L.Trainer:
     """A Trainer for sampling: one epoch over the schedule, no checkpoints, our strategy for DDP."""
     kwargs = dict(accelerator="auto", devices=1, logger=False, enable_model_summary=False)
     kwargs.update(trainer or {})
     kwargs.update(
         max_epochs=1, enable_checkpointing=False, use_distributed_sampler=False,
         num_sanity_val_steps=0, default_root_dir=str(run_dir),
-        callbacks=with_required_callbacks(kwargs.get("callbacks")),
+        callbacks=with_required_callbacks(kwargs.get("callbacks"), required),
         strategy=chains_strategy(kwargs.get("strategy", "auto")),
     )
     return L.Trainer(**kwargs)
@@ -110,22 +111,31 @@ def _callback(trainer: L.Trainer, cls):
     return next(c for c in trainer.callbacks if isinstance(c, cls))
 
 
+def fit_in_run_dir(module: SusceptibilitySampler, trainer: L.Trainer, required: tuple[type, ...],
+                   identity_extra: dict | None = None, config_text: str | None = None) -> bool:
+    """Check the run directory, then fit (or resume); False when it already held this finished run."""
+    run_dir = module.run_dir
+    missing = [cls.__name__ for cls in required if not any(isinstance(c, cls) for c in trainer.callbacks)]
+    if missing:
+        raise ValueError(f"the Trainer lacks the callbacks this run needs: {', '.join(missing)}")
+    # Other ranks exist only once rank 0 has checked the directory and entered fit.
+    state = prepare_run_dir(run_dir, run_identity(module, identity_extra)) if trainer.is_global_zero else "resume"
+    if state == "finished":
+        print(f"lit-susc: {run_dir} already holds this run's finished results; nothing to do.")
+        return False
+    if config_text is not None and trainer.is_global_zero:
+        (run_dir / "config.yaml").write_text(config_text)
+    trainer.fit(module)
+    return True
+
+
 def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.Table | None = None,
                  identity_extra: dict | None = None, config: dict | None = None,
                  config_text: str | None = None, shard_tokens: int = 1 << 20) -> SusceptibilityResult:
     """Fit (or resume, or skip when finished) and write the run's outputs; returns the result."""
     run_dir = module.run_dir
-    missing = [cls.__name__ for cls in REQUIRED_CALLBACKS if not any(isinstance(c, cls) for c in trainer.callbacks)]
-    if missing:
-        raise ValueError(f"the Trainer lacks the callbacks a sampling run needs: {', '.join(missing)}")
-    # Other ranks exist only once rank 0 has checked the directory and entered fit.
-    state = prepare_run_dir(run_dir, run_identity(module, identity_extra)) if trainer.is_global_zero else "resume"
-    if state == "finished":
-        print(f"lit-susc: {run_dir} already holds this run's finished results; nothing to do.")
+    if not fit_in_run_dir(module, trainer, REQUIRED_CALLBACKS, identity_extra, config_text):
         return SusceptibilityResult.load(run_dir)
-    if config_text is not None and trainer.is_global_zero:
-        (run_dir / "config.yaml").write_text(config_text)
-    trainer.fit(module)
     result = None
     if trainer.is_global_zero:
         chi = _callback(trainer, SusceptibilityCallback).chi
@@ -141,3 +151,30 @@ def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.T
                            "draws": module.sgld.draws})
     trainer.strategy.barrier("lit-susc outputs written")
     return result if result is not None else SusceptibilityResult.load(run_dir)
+
+
+BIF_CALLBACKS = (BIFCallback, LLCCallback, DiagnosticsCallback)
+
+
+def bif_callbacks(n_train: int) -> list[L.Callback]:
+    return [BIFCallback(n_train), LLCCallback(), DiagnosticsCallback()]
+
+
+def run_bif(module: SusceptibilitySampler, trainer: L.Trainer, granularity: str = "sample",
+            train: pa.Table | None = None, query: pa.Table | None = None, identity_extra: dict | None = None,
+            config: dict | None = None, config_text: str | None = None, top_k: int = 10) -> BIFResult:
+    """Fit (or resume, or skip when finished) a BIF run and write its outputs; returns the result."""
+    run_dir = module.run_dir
+    extra = {"kind": "bif", "n_train": _callback(trainer, BIFCallback).n_train, **(identity_extra or {})}
+    if not fit_in_run_dir(module, trainer, BIF_CALLBACKS, extra, config_text):
+        return BIFResult.load(run_dir)
+    result = None
+    if trainer.is_global_zero:
+        bif = _callback(trainer, BIFCallback).bif
+        result = BIFResult(bif=bif, components=module.component_names, granularity=granularity,
+                           llc=_callback(trainer, LLCCallback).llc,
+                           config={"sgld": module.sgld.to_dict(), **(config or {})}, train=train, query=query)
+        write_parquet(run_dir / "traces.parquet", DiagnosticsCallback.gather(module))
+        result.save(run_dir, top_k=top_k)
+    trainer.strategy.barrier("lit-susc outputs written")
+    return result if result is not None else BIFResult.load(run_dir)

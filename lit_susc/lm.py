@@ -1,10 +1,13 @@
-"""Susceptibilities of transformers causal LMs: per-token loss, text data, the CLI's module."""
+"""Susceptibilities and BIFs of transformers causal LMs: per-token loss, text data, the CLI's modules."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +38,8 @@ def per_token_loss(model: nn.Module, input_ids: Tensor, chunk_tokens: int = 512)
 
 
 @dataclass
-class TextDataConfig:
-    """Where the tokens come from and how they are cut (contexts are disjoint between roles)."""
+class TextSource:
+    """Where the tokens come from and how they are cut into contexts."""
 
     source: str = "stdlib"
     """'stdlib' (this interpreter's standard-library sources), a .txt/.jsonl file, a directory of
@@ -47,6 +50,19 @@ class TextDataConfig:
     """Text field (HF datasets and .jsonl)."""
     context_length: int = 128
     """Tokens per context; each context observes context_length - 1 predicted tokens."""
+    max_documents: int | None = None
+    """Read at most this many documents (None: as many as the contexts need)."""
+
+    def _check_positive(self, *names: str) -> None:
+        for name in ("context_length", *names):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TextDataConfig(TextSource):
+    """The data of a susceptibility run (contexts are disjoint between roles)."""
+
     observation_contexts: int = 32
     """Contexts whose per-token losses are observed (chi's columns), taken first from the source."""
     sampling_contexts: int = 256
@@ -55,14 +71,70 @@ class TextDataConfig:
     """Contexts per SGLD minibatch (the first minibatch is the reference batch)."""
     observation_batch_size: int = 32
     """Contexts per forward pass of the observation set."""
-    max_documents: int | None = None
-    """Read at most this many documents (None: as many as the contexts need)."""
 
     def __post_init__(self) -> None:
-        for name in ("context_length", "observation_contexts", "sampling_contexts", "batch_size",
-                     "observation_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        self._check_positive("observation_contexts", "sampling_contexts", "batch_size", "observation_batch_size")
+
+
+@dataclass
+class InfluenceDataConfig(TextSource):
+    """The data of a BIF run: the posterior's data, the training samples z_i in it, and the queries."""
+
+    sampling_contexts: int = 256
+    """Contexts the posterior is conditioned on (SGLD minibatches), taken first from the source."""
+    train_contexts: int = 32
+    """Training samples z_i: the first train_contexts of the sampling contexts (BIF's rows)."""
+    query_contexts: int = 8
+    """Query contexts q (BIF's columns)."""
+    query_source: str | None = None
+    """Where the queries come from (same forms as ``source``); None: ``source``, after the sampling contexts."""
+    granularity: Literal["sample", "token"] = "sample"
+    """'sample': one loss per context (mean over its tokens); 'token': one per predicted token."""
+    batch_size: int = 8
+    """Contexts per SGLD minibatch (the first minibatch is the reference batch)."""
+    observation_batch_size: int = 32
+    """Contexts per forward pass of the training samples and queries."""
+
+    def __post_init__(self) -> None:
+        self._check_positive("sampling_contexts", "train_contexts", "query_contexts", "batch_size",
+                             "observation_batch_size")
+        if self.train_contexts > self.sampling_contexts:
+            raise ValueError(f"data.train_contexts={self.train_contexts} exceeds data.sampling_contexts="
+                             f"{self.sampling_contexts}: the training samples are part of the posterior's data")
+        if self.granularity not in ("sample", "token"):
+            raise ValueError(f"data.granularity must be 'sample' or 'token', got {self.granularity!r}")
+
+
+def per_sample_loss(model: nn.Module, input_ids: Tensor) -> Tensor:
+    """l[b] = mean over t of per_token_loss[b, t]: one loss per context, shape [B]."""
+    return per_token_loss(model, input_ids).mean(dim=-1)
+
+
+def load_lm(pretrained: str | None, revision: str | None, trust_remote_code: bool, tiny_lm: TinyLMConfig | None,
+            run_dir: Path, data: TextSource):
+    """(model, tokenizer, identity) of a hub name or local path, or of the offline model trained on ``data``."""
+    if pretrained is None:
+        pretrained = str(train_tiny_lm(run_dir / "tiny_lm", tiny_lm or TinyLMConfig(), source=data.source))
+    model, tokenizer = load_causal_lm(pretrained, revision=revision, trust_remote_code=trust_remote_code)
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    if max_len is not None and data.context_length > max_len:
+        raise ValueError(f"data.context_length={data.context_length} is longer than the model accepts "
+                         f"(max_position_embeddings={max_len}); lower data.context_length")
+    identity = {"pretrained": pretrained, "revision": revision, "model_config": model.config.to_diff_dict()}
+    return model, tokenizer, identity
+
+
+def text_contexts(tokenizer, data: TextSource, n: int, skip: int, source: str | None = None) -> ContextSet:
+    """``n`` contexts of ``data.context_length`` tokens from ``source`` (default ``data.source``) after ``skip``."""
+    source = source or data.source
+    docs = iter_texts(source, split=data.split, text_column=data.text_column,
+                      max_documents=data.max_documents, streaming=True)
+    contexts = make_contexts(tokenizer, docs, data.context_length, max_contexts=n, skip_contexts=skip)
+    if len(contexts) < n:
+        raise ValueError(f"data source {source!r} yields only {len(contexts)} contexts of "
+                         f"{data.context_length} tokens after skipping {skip}, {n} asked; use more data, "
+                         "fewer contexts or a shorter context_length")
+    return contexts
 
 
 def _batches(ids: Tensor, size: int) -> list[Tensor]:
@@ -95,18 +167,10 @@ class LMSusceptibilities(SusceptibilitySampler):
         data = data or TextDataConfig()
         sgld = sgld or SGLDConfig()
         run_dir = Path(output_dir)
-        if pretrained is None:
-            pretrained = str(train_tiny_lm(run_dir / "tiny_lm", tiny_lm or TinyLMConfig(), source=data.source))
-        model, tokenizer = load_causal_lm(pretrained, revision=revision, trust_remote_code=trust_remote_code)
-        max_len = getattr(model.config, "max_position_embeddings", None)
-        if max_len is not None and data.context_length > max_len:
-            raise ValueError(f"data.context_length={data.context_length} is longer than the model accepts "
-                             f"(max_position_embeddings={max_len}); lower data.context_length")
-        observation = self._contexts(tokenizer, data, data.observation_contexts, skip=0)
-        sampling = self._contexts(tokenizer, data, data.sampling_contexts, skip=len(observation))
+        model, tokenizer, self.model_identity = load_lm(pretrained, revision, trust_remote_code, tiny_lm, run_dir, data)
+        observation = text_contexts(tokenizer, data, data.observation_contexts, skip=0)
+        sampling = text_contexts(tokenizer, data, data.sampling_contexts, skip=len(observation))
         self.tokens = token_table(observation, tokenizer)
-        self.model_identity = {"pretrained": pretrained, "revision": revision,
-                               "model_config": model.config.to_diff_dict()}
         self.data_config = data
         super().__init__(
             model=model, loss_fn=per_token_loss,
@@ -118,16 +182,74 @@ class LMSusceptibilities(SusceptibilitySampler):
         )
         self.shard_tokens = shard_tokens
 
-    @staticmethod
-    def _contexts(tokenizer, data: TextDataConfig, n: int, skip: int) -> ContextSet:
-        docs = iter_texts(data.source, split=data.split, text_column=data.text_column,
-                          max_documents=data.max_documents, streaming=True)
-        contexts = make_contexts(tokenizer, docs, data.context_length, max_contexts=n, skip_contexts=skip)
-        if len(contexts) < n:
-            raise ValueError(f"data source {data.source!r} yields only {len(contexts)} contexts of "
-                             f"{data.context_length} tokens after skipping {skip}, {n} asked; use more data, "
-                             "fewer contexts or a shorter context_length")
-        return contexts
+    def describe(self) -> dict:
+        return {"model": self.model_identity, "data": asdict(self.data_config)}
+
+
+def sample_table(contexts: ContextSet, tokenizer) -> pa.Table:
+    """One row per context: doc_id, document, position (of its first token), text."""
+    doc_id = contexts.doc_index.numpy()
+    return pa.table({
+        "doc_id": pa.array(doc_id, pa.int64()),
+        "document": pa.array(contexts.documents, pa.string()).take(pa.array(doc_id)),
+        "position": pa.array(contexts.start.numpy(), pa.int64()),
+        "text": pa.array(tokenizer.batch_decode(contexts.input_ids.tolist(), clean_up_tokenization_spaces=False)),
+    })
+
+
+def token_text_table(contexts: ContextSet, tokenizer, left: int = 24, right: int = 6) -> pa.Table:
+    """``token_table`` plus ``text``: each predicted token in its context, marked as [[token]]."""
+    table = token_table(contexts, tokenizer)
+    decode = lambda ids: tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # noqa: E731
+    texts = []
+    for ids in contexts.input_ids.tolist():
+        for t in range(1, len(ids)):
+            texts.append(f"{decode(ids[max(0, t - left):t])}[[{decode(ids[t:t + 1])}]]{decode(ids[t + 1:t + 1 + right])}")
+    return table.append_column("text", pa.array(texts, pa.string()))
+
+
+class LMInfluence(SusceptibilitySampler):
+    """The ``bif`` subcommand's module: Bayesian influence functions of a causal LM's training samples
+    on queries, BIF(z_i, q) = -Cov(l_i, l_q) under the localized posterior (design.md section 2).
+
+    Args:
+        pretrained, revision, trust_remote_code, tiny_lm: the model, as for ``sample``.
+        components: None samples the whole model (one BIF matrix); glob patterns over
+            ``layers.{l}.heads.{h}``, ``layers.{l}.mlp``, ``embed``, ``unembed`` give one matrix per
+            component, each from chains restricted to it.
+        data: the posterior's data, the training samples, the queries, the granularity.
+        sgld: sampler settings.
+        output_dir: the run directory (resumable; refuses another run's results).
+        top_k: most influential training samples listed per query.
+    """
+
+    def __init__(self, pretrained: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
+                 components: Sequence[str] | None = None, data: InfluenceDataConfig | None = None,
+                 sgld: SGLDConfig | None = None, output_dir: str = "runs/bif", top_k: int = 10,
+                 tiny_lm: TinyLMConfig | None = None) -> None:
+        data = data or InfluenceDataConfig()
+        sgld = sgld or SGLDConfig()
+        run_dir = Path(output_dir)
+        model, tokenizer, self.model_identity = load_lm(pretrained, revision, trust_remote_code, tiny_lm, run_dir, data)
+        sampling = text_contexts(tokenizer, data, data.sampling_contexts, skip=0)
+        query = text_contexts(tokenizer, data, data.query_contexts, source=data.query_source,
+                              skip=0 if data.query_source else data.sampling_contexts)
+        train = ContextSet(input_ids=sampling.input_ids[:data.train_contexts],
+                           doc_index=sampling.doc_index[:data.train_contexts],
+                           start=sampling.start[:data.train_contexts], documents=sampling.documents)
+        describe = sample_table if data.granularity == "sample" else token_text_table
+        self.train_table, self.query_table = describe(train, tokenizer), describe(query, tokenizer)
+        self.n_train = self.train_table.num_rows
+        self.data_config, self.top_k = data, top_k
+        batches = lambda ids: _batches(ids, data.observation_batch_size)  # noqa: E731
+        super().__init__(
+            model=model, loss_fn=per_sample_loss if data.granularity == "sample" else per_token_loss,
+            components=resolve_components(model, None if components is None else list(components)),
+            data=SamplingData(sampling=_batches(sampling.input_ids, data.batch_size),
+                              observation=batches(train.input_ids) + batches(query.input_ids),
+                              reference=sampling.input_ids[:data.batch_size]),
+            sgld=sgld, run_dir=run_dir,
+        )
 
     def describe(self) -> dict:
         return {"model": self.model_identity, "data": asdict(self.data_config)}

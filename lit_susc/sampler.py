@@ -122,6 +122,7 @@ class SusceptibilitySampler(L.LightningModule):
                       for i, name in enumerate(self.component_names) for k in range(sgld.chains)]
         self.current: Unit | None = None
         self.ref_loss_star: Tensor | None = None
+        self.observation_losses_star: Tensor | None = None
         self.observation_shape: tuple[int, ...] | None = None
         self._generator: torch.Generator | None = None
         self._params = dict(model.named_parameters())
@@ -162,6 +163,7 @@ class SusceptibilitySampler(L.LightningModule):
             self.model.eval()
             self.ref_loss_star = self.reference_loss()
             obs = self.observation_losses()
+        self.observation_losses_star = obs.double()
         if not torch.isfinite(self.ref_loss_star):
             raise FloatingPointError(f"the reference loss at w* is {self.ref_loss_star.item()}: the trained point "
                                      "must have a finite loss (check the model weights and the data)")
