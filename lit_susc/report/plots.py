@@ -1,0 +1,321 @@
+"""The report's figures: PNG files written with matplotlib's Agg backend (no display needed).
+
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot, so
+importing this module changes no global backend (a notebook keeps its own). Every function
+writes one PNG (to a temporary name, then renamed, so a crash leaves no
+half-written figure) and returns its path.
+
+Per-component values (the LLC, a cluster's mean susceptibility profile) are drawn on one layout,
+``component_grid``: attention heads on a layer x head heatmap, and every other component on a
+strip below it: the MLPs in layer order, then ``embed``, ``pos_embed``, ``unembed``, then any
+name that follows none of the layouts of ``lit_susc.components`` (``all`` of a generic model,
+say), in the order given. So the figures work for any run, and a transformer's heads line up.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+import numpy as np
+import pyarrow as pa
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..aux.plot import plot_pearson as _plot_aux_pearson
+
+_HEAD = re.compile(r"layers\.(\d+)\.heads\.(\d+)")
+_MLP = re.compile(r"layers\.(\d+)\.mlp")
+_NAMED_STRIP = ("embed", "pos_embed", "unembed")
+# Cells are labelled with their values only while the numbers stay legible.
+_MAX_ANNOTATED_CELLS = 64
+
+
+@dataclass(frozen=True)
+class ComponentGrid:
+    """Where each component is drawn: heads on a layer x head grid, the rest on a strip."""
+
+    n_layers: int
+    """Rows of the head grid: 1 + the largest layer index of any head (0 without heads)."""
+    n_heads: int
+    """Columns of the head grid: 1 + the largest head index (0 without heads)."""
+    cells: dict[str, tuple[int, int]]
+    """Head component -> (row = layer, column = head)."""
+    strip: list[str]
+    """All other components, in drawing order: ``layers.{l}.mlp`` by layer, then ``embed``,
+    ``pos_embed``, ``unembed``, then any other name in the order given (the 'other' part)."""
+
+
+def component_grid(components: Sequence[str]) -> ComponentGrid:
+    """Lay out component names: ``layers.{l}.heads.{h}`` at (l, h); everything else on the strip.
+
+    Names that match no known layout are not an error: they go to the end of the strip, so runs
+    of generic models (one component ``all``) still plot. Empty or repeated names are.
+
+    Raises:
+        ValueError: if ``components`` is empty or names a component twice.
+    """
+    components = list(components)
+    if not components:
+        raise ValueError("no components to lay out; pass the run's component names (result.json 'components')")
+    repeated = sorted(c for c, n in Counter(components).items() if n > 1)
+    if repeated:
+        raise ValueError(f"component names must be unique, but {repeated[:5]} appear more than once")
+    cells, mlps, named, other = {}, [], [], []
+    for name in components:
+        if m := _HEAD.fullmatch(name):
+            cells[name] = (int(m.group(1)), int(m.group(2)))
+        elif m := _MLP.fullmatch(name):
+            mlps.append((int(m.group(1)), name))
+        elif name in _NAMED_STRIP:
+            named.append(name)
+        else:
+            other.append(name)
+    named.sort(key=_NAMED_STRIP.index)
+    n_layers = 1 + max((r for r, _ in cells.values()), default=-1)
+    n_heads = 1 + max((c for _, c in cells.values()), default=-1)
+    return ComponentGrid(n_layers=n_layers, n_heads=n_heads, cells=cells,
+                         strip=[n for _, n in sorted(mlps)] + named + other)
+
+
+def strip_label(name: str) -> str:
+    """Short axis label of a strip component: ``layers.3.mlp`` -> ``mlp 3``."""
+    m = _MLP.fullmatch(name)
+    return f"mlp {m.group(1)}" if m else name
+
+
+def _save(fig, path: str | Path, dpi: int = 110) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"figures are written as PNG; give a path ending in .png, not {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    FigureCanvasAgg(fig)
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(path)
+    return path
+
+
+def _annotate(ax, matrix: np.ndarray, image) -> None:
+    for (r, c), v in np.ndenumerate(matrix):
+        if math.isfinite(v):
+            red, green, blue, _ = image.cmap(image.norm(v))
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
+            ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+
+
+def plot_component_map(values: Sequence[float], components: Sequence[str], path: str | Path, *, title: str,
+                       colorbar_label: str, diverging: bool = False) -> Path:
+    """Per-component values on the ``component_grid`` layout: head heatmap above, strip below.
+
+    One colour scale serves both parts, so a head and an MLP compare by colour. ``diverging``
+    centres a red-blue scale on 0 (for signed values such as z-scores); otherwise viridis.
+    Non-finite values are drawn grey.
+
+    Raises:
+        ValueError: if ``values`` and ``components`` differ in length (or ``component_grid`` refuses the names).
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    components = list(components)
+    if len(values) != len(components):
+        raise ValueError(f"{len(values)} values for {len(components)} components; give one value per component")
+    grid = component_grid(components)
+    index = {c: i for i, c in enumerate(components)}
+    heads = np.full((grid.n_layers, grid.n_heads), np.nan)
+    for name, (r, c) in grid.cells.items():
+        heads[r, c] = values[index[name]]
+    strip = np.array([[values[index[n]] for n in grid.strip]]) if grid.strip else np.zeros((1, 0))
+
+    finite = values[np.isfinite(values)]
+    if diverging:
+        bound = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+        norm, cmap = matplotlib.colors.Normalize(-bound, bound), matplotlib.colormaps["RdBu_r"]
+    else:
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        norm, cmap = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1.0), matplotlib.colormaps["viridis"]
+    cmap = cmap.with_extremes(bad="lightgrey")
+
+    parts = [p for p in (("heads", heads), ("strip", strip)) if p[1].size]
+    width = min(16.0, max(5.0, 0.42 * max(grid.n_heads, strip.shape[1]) + 2.5))
+    heights = [max(1.2, 0.32 * grid.n_layers) if kind == "heads" else 0.5 for kind, _ in parts]
+    fig = Figure(figsize=(width, sum(heights) + 1.6))
+    axes = fig.subplots(len(parts), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
+    image = None
+    for ax, (kind, matrix) in zip(axes[:, 0], parts):
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+        if matrix.size <= _MAX_ANNOTATED_CELLS:
+            _annotate(ax, matrix, image)
+        if kind == "heads":
+            ax.set_ylabel("layer")
+            ax.set_xlabel("head")
+            ax.set_xticks(range(grid.n_heads))
+            ax.set_yticks(range(grid.n_layers))
+            ax.tick_params(labelsize=7)
+        else:
+            ax.set_yticks([])
+            ax.set_xticks(range(len(grid.strip)))
+            many = len(grid.strip) > 8
+            ax.set_xticklabels([strip_label(n) for n in grid.strip], rotation=90 if many else 0, fontsize=7)
+    fig.colorbar(image, ax=list(axes[:, 0]), label=colorbar_label, shrink=0.9)
+    axes[0, 0].set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_llc_heatmap(llc: Mapping[str, Mapping], components: Sequence[str], path: str | Path) -> Path:
+    """Per-component LLC (``llc.json``: {component: {"mean", "std", "per_chain"}}), mean over chains.
+
+    Raises:
+        ValueError: if a component has no entry (or no "mean") in ``llc``.
+    """
+    missing = [c for c in components if "mean" not in llc.get(c, {})]
+    if missing:
+        raise ValueError(f"llc.json has no LLC mean for {missing[:5]} ({len(missing)} of {len(components)} "
+                         "components); is it the llc.json of the same run as the component list?")
+    chains = {len(llc[c].get("per_chain", [])) for c in components}
+    n = f"{chains.pop()} chains" if len(chains) == 1 else "chains"
+    return plot_component_map([float(llc[c]["mean"]) for c in components], components, path,
+                              title=f"Local learning coefficient per component (mean over {n})",
+                              colorbar_label="LLC")
+
+
+def plot_profile(profile: Sequence[float], components: Sequence[str], path: str | Path, *,
+                 title: str = "Mean susceptibility profile", colorbar_label: str = "mean z-scored chi",
+                 diverging: bool = True) -> Path:
+    """One cluster's mean susceptibility per component, on the same layout as the LLC heatmap."""
+    return plot_component_map(profile, components, path, title=title, colorbar_label=colorbar_label,
+                              diverging=diverging)
+
+
+def plot_traces(traces_table: pa.Table, components: Sequence[str], path: str | Path, *,
+                ref_loss_star: float | None = None) -> Path:
+    """SGLD traces of ``components`` (``traces.parquet``), one panel per component, one colour per chain.
+
+    Lines are every step's minibatch loss; dots are L_ref at the draws; ``ref_loss_star`` (the
+    run's L_ref(w*), summary.json) is drawn dashed, so a chain drifting away from w* shows.
+
+    Raises:
+        ValueError: if ``components`` is empty, the table lacks a column, or holds no trace of a component.
+    """
+    components = list(components)
+    if not components:
+        raise ValueError("no components chosen for the trace plot; name at least one")
+    needed = {"component", "chain", "step", "loss", "ref_loss"}
+    if not needed <= set(traces_table.column_names):
+        raise ValueError(f"the traces table lacks columns {sorted(needed - set(traces_table.column_names))}; "
+                         "pass the traces.parquet of a sampling run")
+    data = {c: traces_table.column(c).to_numpy(zero_copy_only=False) for c in needed}
+    missing = [c for c in components if not (data["component"] == c).any()]
+    if missing:
+        raise ValueError(f"traces.parquet holds no trace of {missing[:5]}; traced components: "
+                         f"{sorted(set(data['component'].tolist()))[:12]}")
+    cols = min(2, len(components))
+    rows = math.ceil(len(components) / cols)
+    fig = Figure(figsize=(5.5 * cols, 2.6 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, name in zip(axes.flat, components):
+        mine = data["component"] == name
+        for k, chain in enumerate(np.unique(data["chain"][mine])):
+            sel = mine & (data["chain"] == chain)
+            order = np.argsort(data["step"][sel])
+            step, loss, ref = data["step"][sel][order], data["loss"][sel][order], data["ref_loss"][sel][order]
+            colour = f"C{k % 10}"
+            ax.plot(step, loss, lw=0.7, alpha=0.7, color=colour, label=f"chain {chain}")
+            drawn = np.isfinite(ref)
+            ax.plot(step[drawn], ref[drawn], ".", ms=3, color=colour)
+        if ref_loss_star is not None:
+            ax.axhline(ref_loss_star, color="black", lw=0.8, ls="--", label="L_ref(w*)")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(components):]:
+        ax.set_visible(False)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("SGLD traces: minibatch loss (lines), L_ref at draws (dots)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pca_variance(pc_variances: Sequence[float], path: str | Path, *, total_variance: float | None = None) -> Path:
+    """Each PC's share of the variance (bars, log scale) and the cumulative share (line).
+
+    Shares are of ``total_variance`` when given, else of the kept PCs' sum (aux.json stores only
+    the kept PCs' variances: with every PC kept, the two agree), and the axis says which.
+
+    Raises:
+        ValueError: if there are no variances, or any is negative or not finite.
+    """
+    v = np.asarray(pc_variances, dtype=np.float64).reshape(-1)
+    if v.size == 0 or not np.isfinite(v).all() or (v < 0).any() or v.sum() <= 0:
+        raise ValueError(f"pc_variances must be non-negative finite numbers with a positive sum, got {v[:8]}...; "
+                         "pass aux.json's 'pc_variances'")
+    total = float(v.sum()) if total_variance is None else float(total_variance)
+    share, k = v / total, np.arange(1, v.size + 1)
+    fig = Figure(figsize=(max(6.0, 0.12 * v.size + 2), 3.5))
+    ax = fig.subplots()
+    positive = share > 0  # a log axis cannot show a zero; such PCs get no bar
+    ax.bar(k[positive], share[positive], color="tab:blue")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("share of " + ("chi's variance" if total_variance is not None else "the kept PCs' variance"))
+    twin = ax.twinx()
+    twin.plot(k, np.cumsum(share), color="tab:orange", marker=".")
+    twin.set_ylim(0, 1.02)
+    twin.set_ylabel("cumulative share")
+    ax.set_title(f"Variance of chi's {v.size} kept PCs: per PC (bars, left), cumulative (line, right)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pearson(aux_pearson: Sequence[float], ridge_pearson: Sequence[float], path: str | Path) -> Path:
+    """Per-PC validation Pearson of the aux model beside the ridge baseline (aux.json's 'pearson' and
+    'ridge'/'pearson'); the aux stage's own figure (``lit_susc.aux.plot``), drawn again here.
+
+    Raises:
+        ValueError: if the two lists are empty or differ in length.
+    """
+    aux = torch.as_tensor(np.asarray(aux_pearson, dtype=np.float64).reshape(-1))
+    ridge = torch.as_tensor(np.asarray(ridge_pearson, dtype=np.float64).reshape(-1))
+    if aux.numel() == 0 or aux.shape != ridge.shape:
+        raise ValueError(f"need one Pearson r per PC for both models, got {aux.numel()} (aux) and {ridge.numel()} "
+                         "(ridge); pass aux.json's 'pearson' and 'ridge'/'pearson'")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _plot_aux_pearson(aux, ridge, path)
+    return path
+
+
+def plot_cluster_sizes(clusters_table: pa.Table, path: str | Path) -> Path:
+    """Histogram of cluster sizes (``clusters.parquet``), logarithmic bins when sizes span a decade.
+
+    Raises:
+        ValueError: if the table has no ``size`` column or no cluster (nothing to draw: say so instead).
+    """
+    if "size" not in clusters_table.column_names:
+        raise ValueError(f"the clusters table has no 'size' column (columns: {clusters_table.column_names}); "
+                         "pass the clusters.parquet of the cluster stage")
+    sizes = np.asarray(clusters_table.column("size").to_pylist(), dtype=np.float64)
+    if sizes.size == 0:
+        raise ValueError("the clustering found no clusters, so there is no size histogram to draw")
+    lo, hi = sizes.min(), sizes.max()
+    log = hi >= 10 * lo
+    bins = np.geomspace(lo, hi * 1.001, 30) if log else min(30, max(1, int(hi - lo) + 1))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    ax.hist(sizes, bins=bins, color="tab:green", edgecolor="white")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel("cluster size (tokens)")
+    ax.set_ylabel("clusters")
+    ax.set_title(f"{sizes.size} clusters, {int(sizes.sum())} tokens in all (median size {np.median(sizes):.0f})",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

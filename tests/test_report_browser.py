@@ -1,0 +1,390 @@
+"""The cluster browser: a static report that opens from disk and shows every cluster's tokens.
+
+Fixture: a small language-model-shaped run (600 tokens in 40 contexts of 15 predicted tokens,
+10 components named like a 2-layer, 3-head transformer) with three planted groups of tokens whose
+chi vectors sit far from the rest, clustered by the real cluster stage. The rendered pages are
+checked in headless Chromium, as a reader would open them (file://, JavaScript on).
+"""
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import matplotlib.image
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lit_susc import SusceptibilityResult
+from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
+from lit_susc.report import ReportConfig, build_report
+from lit_susc.report import browser
+from lit_susc.report.browser import cluster_profiles, context_windows, visible
+
+COMPONENTS = [f"layers.{l}.heads.{h}" for l in range(2) for h in range(3)] + [
+    "layers.0.mlp", "layers.1.mlp", "embed", "unembed"]
+CONTEXTS, PER_CONTEXT, CONTEXTS_PER_DOC = 40, 15, 10
+PLANTED = {" the": 30, "\n": 40, "<b>&": 50}  # token -> group size; "<b>&" must come out escaped
+BACKGROUND = ["x", "y", "z", "(", ")", "=", "1", "2", "foo", "bar", "\t", "  "]
+CLUSTERING = dict(k=10, alpha=1e-2, eps=1e-5, min_size=10)
+CHROMIUM_TIMEOUT_S = 60
+
+
+def _token_table(tokens: list[str], contexts: np.ndarray | None = None) -> pa.Table:
+    """Columns and row order of ``corpus.token_table``: row c * 15 + t - 1 is token t of context c."""
+    context = np.repeat(np.arange(CONTEXTS), PER_CONTEXT) if contexts is None else contexts
+    offset = np.tile(np.arange(1, PER_CONTEXT + 1), CONTEXTS)
+    doc = np.repeat(np.arange(CONTEXTS), PER_CONTEXT) // CONTEXTS_PER_DOC
+    position = (np.repeat(np.arange(CONTEXTS), PER_CONTEXT) % CONTEXTS_PER_DOC) * (PER_CONTEXT + 1) + offset
+    return pa.table({"doc_id": doc, "document": [f"doc{d}.py" for d in doc], "position": position,
+                     "token_id": np.zeros(len(tokens), dtype=np.int64), "token": tokens, "context": context,
+                     "offset": offset})
+
+
+def _planted_chi(seed: int = 1):
+    """chi [tokens, components] with planted groups, component scales spanning 4 decades; token texts."""
+    rng = np.random.default_rng(seed)
+    n, d = CONTEXTS * PER_CONTEXT, len(COMPONENTS)
+    X = rng.standard_normal((n, d))
+    tokens = list(rng.choice(BACKGROUND, size=n))
+    rows = rng.permutation(n)
+    start = 0
+    for token, size in PLANTED.items():
+        members = rows[start:start + size]
+        start += size
+        centre = rng.standard_normal(d)
+        X[members] = 10 * centre / np.linalg.norm(centre) + 0.3 * rng.standard_normal((size, d))
+        for r in members:
+            tokens[r] = token
+    return X * 10.0 ** (np.arange(d) % 5 - 2), tokens
+
+
+def _traces() -> pa.Table:
+    rows = [(c, k, s, 4.0 + 0.1 * np.sin(s + k), 4.1 if s >= 4 else float("nan"))
+            for c in COMPONENTS for k in range(2) for s in range(10)]
+    return pa.table(dict(zip(["component", "chain", "step", "loss", "ref_loss"], map(list, zip(*rows)))))
+
+
+def _write_sample_run(directory: Path, X: np.ndarray, tokens: list[str]) -> Path:
+    llc = {c: {"mean": 1.0 + i, "std": 0.1, "per_chain": [0.9 + i, 1.1 + i]} for i, c in enumerate(COMPONENTS)}
+    SusceptibilityResult(chi=torch.as_tensor(X.T.copy()), components=COMPONENTS, convention="seed", nbeta=10.0,
+                         llc=llc, config={"model": {"pretrained": "tiny-test-lm", "revision": None}},
+                         tokens=_token_table(tokens)).save(directory, shard_tokens=256,
+                                                           extra={"ref_loss_at_w_star": 4.0})
+    pq.write_table(_traces(), directory / "traces.parquet")
+    return directory
+
+
+def _write_aux_fit(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "aux.json").write_text(json.dumps({
+        "components": COMPONENTS, "n_pcs": 4, "pc_variances": [9.0, 3.0, 1.0, 0.5],
+        "pearson": [0.9, 0.8, 0.6, 0.4], "pearson_mean": 0.675, "ridge": {"pearson": [0.8, 0.6, 0.3, 0.1]}}))
+    (directory / "summary.json").write_text("{}")
+    return directory
+
+
+def _write_analysis(directory: Path) -> Path:
+    directory.mkdir()
+    matplotlib.image.imsave(directory / "leak.png", np.random.default_rng(0).random((40, 60)))
+    pq.write_table(pa.table({"layer": [1, 2], "cka_ground_truth": [0.91, 0.85], "cka_aux": [0.88, 0.8],
+                             "jaccard_ground_truth": [0.3, 0.25], "jaccard_aux": [0.28, 0.2]}),
+                   directory / "leak.parquet")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    X, tokens = _planted_chi()
+    run_dir = _write_sample_run(root / "run", X, tokens)
+    run_cluster_stage(ClusterConfig(input_dir=str(run_dir), **CLUSTERING), progress=False)
+    aux_dir, analysis_dir = _write_aux_fit(root / "aux"), _write_analysis(root / "analysis")
+    index = build_report(root / "report", cluster_dir=run_dir / "clusters", sample_dir=run_dir, aux_dir=aux_dir,
+                         analysis_dir=analysis_dir)
+    clusters = pq.read_table(run_dir / "clusters" / "clusters.parquet").to_pylist()
+    assert len(clusters) >= 2, "the fixture needs a few clusters; the planted groups were not found"
+    return {"root": root, "run": run_dir, "aux": aux_dir, "analysis": analysis_dir, "index": index,
+            "clusters": clusters, "labels": pq.read_table(run_dir / "clusters" / "labels.parquet")}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class Elements(HTMLParser):
+    """Start tags with their attributes, ids, and the text inside each <mark class="tok">."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.marks: list[str] = []
+        self._in_mark = 0
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "mark" and attrs.get("class") == "tok":
+            self._in_mark += 1
+            self.marks.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "mark" and self._in_mark:
+            self._in_mark -= 1
+
+    def handle_data(self, data):
+        if self._in_mark:
+            self.marks[-1] += data
+
+    def ids(self) -> set[str]:
+        return {a["id"] for _, a in self.tags if "id" in a}
+
+    def rows(self) -> list[dict]:
+        return [a for t, a in self.tags if t == "tr" and "data-label" in a]
+
+
+def chromium(tmp_path: Path, url: str, *args: str) -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed, so the report cannot be rendered: run `apt-get install -y chromium` "
+                    "(the CI script installs it)")
+    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
+    proc = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--disable-background-networking", "--no-first-run", f"--user-data-dir={profile}",
+                           "--enable-logging=stderr", "--v=0", *args, url],
+                          capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
+    assert proc.returncode == 0, f"chromium failed on {url}:\n{proc.stderr[-3000:]}"
+    errors = [line for line in proc.stderr.splitlines() if "Uncaught" in line]
+    assert not errors, f"the page's script failed: {errors}"
+    return proc.stdout
+
+
+def members(work, label: int) -> list[str]:
+    labels = work["labels"]
+    mask = np.asarray(labels.column("label").to_pylist()) == label
+    return list(np.asarray(labels.column("token").to_pylist(), dtype=object)[mask])
+
+
+# ----------------------------------------------------------------------------- rendered pages
+
+
+def test_index_renders_as_a_non_blank_page(work, tmp_path):
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path, work["index"].as_uri(), f"--screenshot={shot}", "--window-size=1280,2000")
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (2000, 1280)
+    assert pixels.std() > 0.05
+    assert np.mean(pixels.min(axis=2) < 0.9) > 0.02  # a page's worth of ink, not a blank or an error stub
+
+
+def test_rendered_index_lists_every_cluster_with_its_size_and_a_link_to_its_page(work, tmp_path):
+    dom = Elements(chromium(tmp_path, work["index"].as_uri(), "--dump-dom"))
+    rows = {int(r["data-label"]): r for r in dom.rows()}
+    assert {c["label"]: c["size"] for c in work["clusters"]} == {k: int(r["data-size"]) for k, r in rows.items()}
+    assert all("hidden" not in r for r in rows.values())
+    links = {a["href"] for t, a in dom.tags if t == "a" and "href" in a}
+    assert {f"clusters/{c['label']}.html" for c in work["clusters"]} <= links
+    sizes = [int(r["data-size"]) for r in dom.rows()]
+    assert sizes == sorted(sizes, reverse=True)  # the script's default order: largest first
+
+
+def test_the_url_hash_sorts_by_conductance_and_filters_by_frequent_token(work, tmp_path):
+    dom = Elements(chromium(tmp_path, work["index"].as_uri() + "#sort=conductance&dir=asc", "--dump-dom"))
+    conductance = [float(r["data-conductance"]) for r in dom.rows()]
+    assert conductance == sorted(conductance) and len(conductance) == len(work["clusters"])
+    headers = {a["data-sort"]: a.get("aria-sort") for t, a in dom.tags if t == "th" and "data-sort" in a}
+    assert headers == {"label": "none", "size": "none", "conductance": "ascending"}
+
+    dom = Elements(chromium(tmp_path, work["index"].as_uri() + "#q=THE", "--dump-dom"))
+    shown = {int(r["data-label"]) for r in dom.rows() if "hidden" not in r}
+    expected = {c["label"] for c in work["clusters"]
+                if any("the" in t.lower() for t, _ in browser.frequent_tokens(work["labels"], 15)[c["label"]])}
+    assert shown == expected and 0 < len(shown) < len(work["clusters"])
+
+    dom = Elements(chromium(tmp_path, work["index"].as_uri() + "#q=" + quote("⏎"), "--dump-dom"))
+    shown = {int(r["data-label"]) for r in dom.rows() if "hidden" not in r}
+    expected = {c["label"] for c in work["clusters"]
+                if any("\n" in t for t, _ in browser.frequent_tokens(work["labels"], 15)[c["label"]])}
+    assert shown == expected and len(shown) > 0  # searched by the symbol the pages show for a newline
+
+
+def test_each_cluster_page_shows_its_own_tokens_highlighted_in_context(work, tmp_path):
+    for c in work["clusters"]:
+        page = work["index"].parent / "clusters" / f"{c['label']}.html"
+        dom = Elements(chromium(tmp_path, page.as_uri(), "--dump-dom"))
+        assert len(dom.marks) == min(c["size"], ReportConfig().examples_per_cluster)
+        own = {visible(t) or "∅" for t in members(work, c["label"])}
+        assert set(dom.marks) <= own, f"cluster {c['label']} highlights tokens that are not its own"
+        assert f"Cluster {c['label']}" in page.read_text()
+
+
+def test_token_text_is_escaped_and_whitespace_is_visible(work):
+    pages = {p.name: p.read_text() for p in (work["index"].parent / "clusters").glob("*.html")}
+    text = "".join(pages.values())
+    assert "&lt;b&gt;&amp;" in text and "<b>" not in text
+    assert not any(t == "b" for p in pages.values() for t, _ in Elements(p).tags)
+    shown = html.unescape(re.sub(r"<[^>]+>", "", text))  # the text a reader sees
+    assert "·the" in shown and "⏎" in shown and "<b>&" in shown
+
+
+def test_every_relative_link_and_image_resolves_to_a_file_and_nothing_is_fetched_from_the_network(work):
+    report = work["index"].parent
+    pages = sorted(report.rglob("*.html"))
+    assert len(pages) == 1 + len(work["clusters"])
+    for page in pages:
+        dom = Elements(page.read_text())
+        for tag, attrs in dom.tags:
+            for key in ("href", "src"):
+                if key not in attrs:
+                    continue
+                parts = urlsplit(attrs[key])
+                assert not parts.scheme and not parts.netloc, f"{page.name}: {tag} {key}={attrs[key]!r} is not local"
+                target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+                assert target.is_file(), f"{page.relative_to(report)}: {attrs[key]!r} points to no file"
+                assert report.resolve() in target.parents or target == page
+                if parts.fragment:
+                    assert parts.fragment in Elements(target.read_text()).ids(), f"{attrs[key]!r}: no such anchor"
+
+
+def test_cluster_pages_link_back_to_the_index_and_to_their_neighbours(work):
+    labels = [c["label"] for c in work["clusters"]]
+    for i, label in enumerate(labels):
+        links = {a.get("rel"): a["href"] for t, a in
+                 Elements((work["index"].parent / "clusters" / f"{label}.html").read_text()).tags if t == "a"}
+        assert "../index.html" in links.values()
+        assert links.get("prev") == (f"{labels[i - 1]}.html" if i > 0 else None)
+        assert links.get("next") == (f"{labels[i + 1]}.html" if i + 1 < len(labels) else None)
+
+
+def test_index_embeds_every_plot_and_the_leak_table(work):
+    report = work["index"].parent
+    images = {a["src"] for t, a in Elements(work["index"].read_text()).tags if t == "img"}
+    assert images == {"plots/traces.png", "plots/llc.png", "plots/pca_variance.png", "plots/pearson.png",
+                      "plots/cluster_sizes.png", "plots/leak.png"}
+    assert (report / "plots" / "leak.png").read_bytes() == (work["analysis"] / "leak.png").read_bytes()
+    text = work["index"].read_text()
+    assert "cka_ground_truth" in text and "0.91" in text and "jaccard_aux" in text
+
+
+def test_index_is_written_last(work):
+    report = work["index"].parent
+    others = [p for p in report.rglob("*") if p.is_file() and p != work["index"]]
+    assert max(p.stat().st_mtime_ns for p in others) <= work["index"].stat().st_mtime_ns
+    assert not list(report.rglob("*.tmp*"))
+
+
+# ----------------------------------------------------------------------------- what is computed
+
+
+def test_profiles_are_mean_z_scores_computed_from_chi_read_in_blocks(work):
+    """Oracle: z-scoring the whole chi matrix in memory, then averaging each cluster's rows."""
+    chi = SusceptibilityResult.load(work["run"]).chi.numpy().T
+    labels = np.asarray(work["labels"].column("label").to_pylist())
+    cluster_labels = np.array([c["label"] for c in work["clusters"]])
+    index = np.where(labels >= 0, np.searchsorted(cluster_labels, labels), -1)
+    sizes = np.array([c["size"] for c in work["clusters"]], dtype=np.float64)
+    z = (chi - chi.mean(0)) / chi.std(0)
+    expected = np.stack([z[labels == label].mean(0) for label in cluster_labels])
+    got = cluster_profiles(work["run"], index, sizes, ReportConfig(chi_block_tokens=7))  # 86 blocks, 3 shards
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    raw = cluster_profiles(work["run"], index, sizes, ReportConfig(profile="raw", chi_block_tokens=100))
+    np.testing.assert_allclose(raw, np.stack([chi[labels == label].mean(0) for label in cluster_labels]), rtol=1e-12)
+
+
+def test_a_context_window_stops_at_its_context_whatever_the_context_numbering():
+    """Rows of tokens 1..5 of contexts [7, 8] (global numbering) or [0, 0] (numbering restarting per shard)."""
+    for ids in ([7] * 5 + [8] * 5, [0] * 5 + [0] * 5):
+        context = np.array([-1] + ids + [-1])  # the table's ends are padded with -1
+        offset = np.array([-1] + [1, 2, 3, 4, 5] * 2 + [-1])
+        windows = np.lib.stride_tricks.sliding_window_view(np.arange(12), 7)  # left 2, right 2, one extra each side
+        before, after = context_windows(context[windows], offset[windows], left=2, right=2)
+        # centres: rows 3..8 of the padded table, i.e. tokens 3, 4, 5 of the first context and 1, 2, 3 of the second
+        assert before.tolist() == [2, 3, 3, 0, 1, 2]
+        assert after.tolist() == [2, 1, 0, 3, 3, 2]
+
+
+# ----------------------------------------------------------------------------- other inputs
+
+
+def test_a_clustering_of_aux_predicted_chi_is_reported_with_its_own_token_table(work, tmp_path):
+    """An aux-predict directory: chi shards, token-table shards under tokens/ with global context numbers."""
+    X, tokens = _planted_chi(seed=2)
+    predicted = tmp_path / "predict"
+    SusceptibilityResult(chi=torch.as_tensor(X.T.copy()), components=COMPONENTS, convention="seed",
+                         nbeta=10.0).save(predicted, shard_tokens=300)
+    table, shards = _token_table(tokens), []
+    (predicted / "tokens").mkdir()
+    for s, start in enumerate((0, 300)):
+        name = f"tokens/shard-{s:05d}.parquet"
+        pq.write_table(table.slice(start, 300), predicted / name)
+        shards.append({"file": name, "start": start, "stop": start + 300})
+    meta = json.loads((predicted / "result.json").read_text())
+    (predicted / "result.json").write_text(json.dumps({**meta, "source": "aux", "tokens": shards}))
+    clusters = tmp_path / "predict-clusters"
+    run_cluster_stage(ClusterConfig(input_dir=str(predicted), output_dir=str(clusters), **CLUSTERING), progress=False)
+    index = build_report(tmp_path / "report", cluster_dir=clusters, sample_dir=work["run"], aux_dir=work["aux"])
+    text = index.read_text()
+    assert "predicted by the aux model" in text and str(predicted) in text
+    found = pq.read_table(clusters / "clusters.parquet").to_pylist()
+    assert len(Elements(text).rows()) == len(found) >= 2
+    labels = pq.read_table(clusters / "labels.parquet")
+    for c in found:
+        marks = Elements((index.parent / "clusters" / f"{c['label']}.html").read_text()).marks
+        own = {visible(t) or "∅" for t, lab in zip(tokens, labels.column("label").to_pylist()) if lab == c["label"]}
+        assert marks and set(marks) <= own
+
+
+def test_no_clusters_is_said_plainly_and_gives_no_cluster_pages(work, tmp_path):
+    out = tmp_path / "none"
+    # no prefix has a conductance below 0
+    run_cluster_stage(ClusterConfig(input_dir=str(work["run"]), output_dir=str(out), **CLUSTERING,
+                                    conductance_threshold=0.0), progress=False)
+    index = build_report(tmp_path / "report", cluster_dir=out, sample_dir=work["run"])
+    text = index.read_text()
+    assert "found no clusters" in text and "0 of 600 tokens" in text
+    assert not list((index.parent / "clusters").iterdir())
+    assert not (index.parent / "plots" / "cluster_sizes.png").exists()
+
+
+def test_a_failed_rebuild_leaves_no_index_behind(work, tmp_path, monkeypatch):
+    report = tmp_path / "report"
+    shutil.copytree(work["index"].parent, report)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(browser, "plot_profile", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_report(report, cluster_dir=work["run"] / "clusters", sample_dir=work["run"])
+    assert not (report / "index.html").exists()
+
+
+def test_a_directory_that_is_not_a_report_is_left_alone(work, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no report"):
+        build_report(tmp_path, cluster_dir=work["run"] / "clusters", sample_dir=work["run"])
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_inputs_that_do_not_belong_together_are_refused_before_anything_is_written(work, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(work["run"] / "clusters", unfinished)
+    (unfinished / "summary.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no finished clustering"):
+        build_report(tmp_path / "r1", cluster_dir=unfinished, sample_dir=work["run"])
+    with pytest.raises(FileNotFoundError, match="sample_dir .*missing-run does not exist"):
+        build_report(tmp_path / "r2", cluster_dir=work["run"] / "clusters", sample_dir=tmp_path / "missing-run")
+    other = _write_sample_run(tmp_path / "other", *_planted_chi(seed=3))
+    with pytest.raises(ValueError, match="is of the sampling run"):
+        build_report(tmp_path / "r3", cluster_dir=work["run"] / "clusters", sample_dir=other)
+    with pytest.raises(ValueError, match="trace_components pattern 'layers.9.\\*'"):
+        build_report(tmp_path / "r4", cluster_dir=work["run"] / "clusters", sample_dir=work["run"],
+                     config=ReportConfig(trace_components=["layers.9.*"]))
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 5))
