@@ -1,37 +1,47 @@
 """lit-susc's command line (also installed as ``lit-susc``).
 
+    python run.py pipeline --config configs/quickstart.yaml [--from-stage cluster]
     python run.py sample --config configs/quickstart.yaml
     python run.py sample --config configs/quickstart.yaml --print_config
     python run.py aux fit --config configs/aux_fit_quickstart.yaml
     python run.py aux predict --config configs/aux_predict_quickstart.yaml
     python run.py cluster --config configs/cluster.yaml
+    python run.py analyse --config ...       (the leak check; the pipeline writes its config)
+    python run.py report --config ...        (the cluster browser; likewise)
+    python run.py bif --config configs/bif_quickstart.yaml
 
 Known bad input ends with one ``lit-susc: error: ...`` line and exit status 2; set
 ``LIT_SUSC_DEBUG=1`` for the full traceback.
 """
 
+import importlib
 import os
 import sys
+
+COMMANDS = {
+    "pipeline": "lit_susc.pipeline",
+    "aux": "lit_susc.aux.cli",
+    "cluster": "lit_susc.cluster.stage",
+    "analyse": "lit_susc.analysis.stage",
+    "report": "lit_susc.report.stage",
+}
+"""Commands with their own parser; ``sample`` and ``bif`` go to LightningCLI (lit_susc.cli)."""
 
 
 def main(argv=None) -> None:
     from callbacks import ChainDivergedError
     from lit_susc.cli import main as cli_main
     from lit_susc.engine import RunDirectoryError
+    from lit_susc.pipeline import StageFailedError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv[:1] == ["aux"]:
-            from lit_susc.aux.cli import main as aux_main
-
-            aux_main(argv[1:])
-        elif argv[:1] == ["cluster"]:
-            from lit_susc.cluster.stage import main as cluster_main
-
-            cluster_main(argv[1:])
+        if argv[:1] and argv[0] in COMMANDS:
+            importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
         else:
             cli_main(argv)
-    except (ValueError, FileNotFoundError, FloatingPointError, ChainDivergedError, RunDirectoryError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, ChainDivergedError, RunDirectoryError,
+            StageFailedError) as err:
         if os.environ.get("LIT_SUSC_DEBUG"):
             raise
         print(f"lit-susc: error: {err}", file=sys.stderr)

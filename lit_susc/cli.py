@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -99,4 +100,6 @@ class InfluenceCLI(LitSuscCLI):
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    (InfluenceCLI if argv[:1] == ["bif"] else LitSuscCLI)(args=argv)
+    with warnings.catch_warnings():  # LightningCLI warns when args and sys.argv both exist, as under run.py
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        (InfluenceCLI if argv[:1] == ["bif"] else LitSuscCLI)(args=argv)

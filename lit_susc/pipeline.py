@@ -1,0 +1,321 @@
+"""``python run.py pipeline --config configs/quickstart.yaml``: every stage, in order, from one file.
+
+    model        train the small offline model (only when ``sample.model.pretrained`` is null)
+    sample       ground-truth susceptibilities            (run.py sample)
+    aux_fit      the aux model                            (run.py aux fit)
+    aux_predict  predicted susceptibilities of >= 4x as many tokens   (run.py aux predict)
+    cluster      whitening, k-NN graph, local clusters    (run.py cluster)
+    analyse      leak check: CKA and Jaccard-kNN by layer (run.py analyse)
+    report       the cluster browser and plots            (run.py report)
+
+The pipeline's YAML holds ``output_dir``, ``wandb`` and one section per stage, each exactly what
+that stage's own command takes, minus the directories, which the pipeline fills in: stage ``s``
+writes ``<output_dir>/<s>/``. The resolved config of each stage is saved as
+``<output_dir>/pipeline/<s>.yaml`` (rerun any stage by hand with it) and its state as
+``<output_dir>/pipeline/<s>.json``.
+
+Each stage runs as its own process (so multi-device stages launch their ranks cleanly). A stage
+that finished with the same config (its own and every earlier stage's) is skipped; one whose
+config changed is recomputed from scratch, and so is every stage after it; ``--from-stage s``
+recomputes ``s`` and the stages after it. A stage interrupted part-way resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .result import write_json
+
+STAGES = ("model", "sample", "aux_fit", "aux_predict", "cluster", "analyse", "report")
+RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
+MIN_UPSAMPLING = 4
+"""aux_predict must cover at least this many times the tokens of the sample stage."""
+
+
+class StageFailedError(RuntimeError):
+    """A stage's process exited with an error."""
+
+
+@dataclass
+class WandbConfig:
+    """Tracking of every stage in Weights & Biases through Lightning's WandbLogger."""
+
+    enabled: bool = False
+    """Log each stage (metrics, plots, the cluster table) as a wandb run in one group."""
+    project: str = "lit-susc"
+    """wandb project."""
+    entity: str | None = None
+    """wandb entity (team or user); None: your default."""
+    group: str | None = None
+    """Group of this pipeline's runs; None: the output directory's name."""
+    mode: str | None = None
+    """'online', 'offline' or 'disabled'; None: wandb's default (the WANDB_MODE variable)."""
+
+
+@dataclass
+class PipelineConfig:
+    """One YAML for every stage: each section is what the stage's own command takes (module docstring)."""
+
+    output_dir: str = "runs/pipeline"
+    """Where every stage writes its directory."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    sample: dict = field(default_factory=dict)
+    """The ``run.py sample`` config: ``trainer`` and ``model`` (model.output_dir is filled in)."""
+    aux_fit: dict = field(default_factory=dict)
+    """The ``run.py aux fit`` config (susceptibilities, output_dir filled in)."""
+    aux_predict: dict = field(default_factory=dict)
+    """The ``run.py aux predict`` config (aux_dir, output_dir filled in; data.source defaults to the sample's)."""
+    cluster: dict = field(default_factory=dict)
+    """The ``run.py cluster`` config (input_dir: the aux predictions; output_dir filled in)."""
+    analyse: dict = field(default_factory=dict)
+    """The ``run.py analyse`` config (sample_dir, aux_dir, output_dir filled in)."""
+    report: dict = field(default_factory=dict)
+    """The ``run.py report`` config (the stage directories and report_dir filled in)."""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"pipeline config {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; a pipeline config has "
+                             f"{', '.join(cls.__dataclass_fields__)}")
+        for name in STAGES[1:]:
+            if not isinstance(raw.get(name, {}) or {}, dict):
+                raise ValueError(f"{path}: section {name!r} must be a mapping")
+        wandb = raw.pop("wandb", None) or {}
+        bad = sorted(set(wandb) - set(WandbConfig.__dataclass_fields__))
+        if bad:
+            raise ValueError(f"{path}: unknown wandb field(s) {', '.join(bad)}")
+        return cls(wandb=WandbConfig(**wandb), **{k: v or {} for k, v in raw.items()})
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    """Plans the stage configs from a PipelineConfig and runs the stages that are not finished."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.out = Path(config.output_dir).resolve()
+        self.state_dir = self.out / "pipeline"
+        sample_model = config.sample.get("model") or {}
+        self.trains_model = sample_model.get("pretrained") is None
+        self.stages = [s for s in STAGES if s != "model" or self.trains_model]
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.out / stage
+
+    # -- the stage configs -------------------------------------------------------------------
+
+    def stage_config(self, stage: str, logger: bool = True) -> dict:
+        """The config file a stage's command receives (the directories filled in; with ``logger``
+        the wandb logger of the stages that have a Trainer, when wandb is enabled)."""
+        c, d = copy.deepcopy(self.config), self.stage_dir
+        if stage == "model":
+            model = c.sample.get("model") or {}
+            data = model.get("data") or {}
+            return {"tiny_lm": model.get("tiny_lm") or {}, "source": data.get("source", "stdlib")}
+        if stage == "sample":
+            c.sample.setdefault("model", {})
+            c.sample["model"]["output_dir"] = str(d("sample"))
+            if self.trains_model:
+                c.sample["model"].pop("tiny_lm", None)
+                c.sample["model"]["pretrained"] = str(d("model") / "model")
+            if logger:
+                self._with_logger(c.sample, "sample")
+            return c.sample
+        if stage == "aux_fit":
+            if logger:
+                self._with_logger(c.aux_fit, "aux_fit")
+            return {**c.aux_fit, "susceptibilities": str(d("sample")), "output_dir": str(d("aux_fit"))}
+        if stage == "aux_predict":
+            data = c.aux_predict.setdefault("data", {})
+            data.setdefault("source", ((c.sample.get("model") or {}).get("data") or {}).get("source", "stdlib"))
+            return {**c.aux_predict, "aux_dir": str(d("aux_fit")), "output_dir": str(d("aux_predict"))}
+        if stage == "cluster":
+            return {**c.cluster, "input_dir": str(d("aux_predict")), "output_dir": str(d("cluster"))}
+        if stage == "analyse":
+            return {**c.analyse, "sample_dir": str(d("sample")), "aux_dir": str(d("aux_fit")),
+                    "output_dir": str(d("analyse"))}
+        if stage == "report":
+            return {**c.report, "report_dir": str(d("report")), "cluster_dir": str(d("cluster")),
+                    "sample_dir": str(d("sample")), "aux_dir": str(d("aux_fit")), "analysis_dir": str(d("analyse"))}
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+    def _with_logger(self, section: dict, stage: str) -> None:
+        """Stages with a Lightning Trainer log their steps to the stage's wandb run."""
+        if self.config.wandb.enabled:
+            section.setdefault("trainer", {})["logger"] = {
+                "class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": self.wandb_args(stage)}
+
+    def wandb_args(self, stage: str) -> dict:
+        w = self.config.wandb
+        group = w.group or self.out.resolve().name
+        args = {"project": w.project, "name": f"{group}/{stage}", "group": group, "job_type": stage,
+                "id": f"{_digest([str(self.out.resolve()), self.fingerprint(stage)])}-{stage}".replace("_", "-"),
+                "save_dir": str(self.state_dir), "resume": "allow"}
+        if w.entity:
+            args["entity"] = w.entity
+        if w.mode:
+            args["mode"] = w.mode
+        return args
+
+    def fingerprint(self, stage: str) -> str:
+        """What makes a stage's result what it is: its config and the fingerprints of the stages before it."""
+        i = self.stages.index(stage)
+        upstream = self.fingerprint(self.stages[i - 1]) if i > 0 else ""
+        # Where the steps are logged does not change the result.
+        return _digest([stage, self.stage_config(stage, logger=False), upstream])
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _state_file(self, stage: str) -> Path:
+        return self.state_dir / f"{stage}.json"
+
+    def status(self, stage: str) -> str:
+        """'finished' (same config), 'resume' (same config, interrupted), 'changed', or 'new'."""
+        path = self._state_file(stage)
+        if not path.exists():
+            return "new"
+        state = json.loads(path.read_text())
+        if state["fingerprint"] != self.fingerprint(stage):
+            return "changed"
+        return "finished" if state["finished"] else "resume"
+
+    # -- running -----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Errors that can be found before anything runs."""
+        if not self.config.sample.get("model"):
+            raise ValueError("the pipeline config has no sample.model section: say which model and data to sample")
+        for stage in self.stages:
+            self.stage_config(stage)
+        self._check_upsampling()
+
+    def _check_upsampling(self) -> None:
+        data = (self.config.sample.get("model") or {}).get("data") or {}
+        context = data.get("context_length", 128)
+        sampled = data.get("observation_contexts", 32) * (context - 1)
+        predict = self.config.aux_predict.get("data") or {}
+        contexts = predict.get("max_contexts")
+        length = predict.get("context_length") or context
+        if contexts is not None and contexts * (length - 1) < MIN_UPSAMPLING * sampled:
+            raise ValueError(f"aux_predict.data.max_contexts={contexts} gives {contexts * (length - 1)} tokens, fewer "
+                             f"than {MIN_UPSAMPLING}x the {sampled} tokens of the sample stage; raise it to at least "
+                             f"{-(-MIN_UPSAMPLING * sampled // (length - 1))} (or null for the whole source)")
+
+    def run(self, from_stage: str | None = None) -> Path:
+        """Run every stage that is not finished; returns the report's index.html."""
+        if from_stage is not None and from_stage not in self.stages:
+            raise ValueError(f"--from-stage {from_stage!r} is not a stage of this pipeline; stages: "
+                             f"{', '.join(self.stages)}")
+        self.check()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        forced = self.stages[self.stages.index(from_stage):] if from_stage else []
+        for stage in self.stages:
+            status = "changed" if stage in forced else self.status(stage)
+            if status == "changed":
+                print(f"lit-susc pipeline: {stage}: recomputing ({'asked' if stage in forced else 'its config or an earlier stage changed'})")
+                self._clear(stage)
+                status = "new"
+            if status == "finished":
+                print(f"lit-susc pipeline: {stage}: finished with the same config, skipped ({self.stage_dir(stage)})")
+                continue
+            self._run_stage(stage, resume=status == "resume")
+        index = self.stage_dir("report") / "index.html"
+        print(f"\nlit-susc pipeline: done. Open the cluster browser: {index.resolve().as_uri()}")
+        return index
+
+    def _clear(self, stage: str) -> None:
+        self._state_file(stage).unlink(missing_ok=True)
+        if self.stage_dir(stage).exists():
+            shutil.rmtree(self.stage_dir(stage))
+
+    def _run_stage(self, stage: str, resume: bool) -> None:
+        config = self.stage_config(stage)
+        config_path = self.state_dir / f"{stage}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        if self.stage_dir(stage).exists() and not resume:
+            raise ValueError(f"{self.stage_dir(stage)} exists but this pipeline has no record of it; move it away "
+                             "or choose another output_dir")
+        write_json(self._state_file(stage), {"stage": stage, "fingerprint": self.fingerprint(stage),
+                                             "finished": False})
+        print(f"\nlit-susc pipeline: {stage}: {'resuming' if resume else 'running'} -> {self.stage_dir(stage)}",
+              flush=True)
+        start = time.time()
+        if stage == "model":
+            from .tinylm import TinyLMConfig, train_tiny_lm
+
+            train_tiny_lm(self.stage_dir("model"), TinyLMConfig(**config["tiny_lm"]), source=config["source"])
+        else:
+            command = {"aux_fit": ["aux", "fit"], "aux_predict": ["aux", "predict"]}.get(stage, [stage])
+            self._subprocess([*command, "--config", str(config_path)], stage)
+        seconds = time.time() - start
+        self._after(stage)
+        write_json(self._state_file(stage), {"stage": stage, "fingerprint": self.fingerprint(stage),
+                                             "finished": True, "seconds": round(seconds, 1)})
+        print(f"lit-susc pipeline: {stage}: finished in {seconds:.0f} s", flush=True)
+
+    def _subprocess(self, args: list[str], stage: str) -> None:
+        # A stage's process runs its own wandb service: a shared one would still hold the stage's run
+        # (same id) when the pipeline adds the stage's summary to it.
+        env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"PYTHONUNBUFFERED": "1"}
+        code = subprocess.call([sys.executable, str(RUN_PY), *args], env=env)
+        if code != 0:
+            raise StageFailedError(f"stage {stage} failed (exit status {code}; its messages are above). Fix the cause "
+                                   "and run the same command again: finished stages are skipped and this one "
+                                   "resumes")
+
+    def _after(self, stage: str) -> None:
+        """Checks that the stage left a finished result, then its wandb record."""
+        marker = {"model": "model", "report": "index.html", "analyse": "leak.json"}.get(stage, "summary.json")
+        if not (self.stage_dir(stage) / marker).exists():
+            raise StageFailedError(f"stage {stage} exited without its finished marker "
+                                   f"{self.stage_dir(stage) / marker}; rerun the pipeline to resume it")
+        if stage == "aux_predict":
+            self._check_upsampled()
+        if self.config.wandb.enabled:
+            from .tracking import log_stage
+
+            log_stage(self, stage)
+
+    def _check_upsampled(self) -> None:
+        sampled = json.loads((self.stage_dir("sample") / "summary.json").read_text())["tokens"]
+        predicted = json.loads((self.stage_dir("aux_predict") / "result.json").read_text())["n_tokens"]
+        if predicted < MIN_UPSAMPLING * sampled:
+            raise ValueError(f"aux_predict produced {predicted} tokens, fewer than {MIN_UPSAMPLING}x the {sampled} "
+                             "sampled ones: the data source ran out; give aux_predict.data a larger source")
+
+    def describe(self) -> dict:
+        return {"output_dir": str(self.out), "stages": self.stages, "wandb": asdict(self.config.wandb)}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``run.py pipeline --config FILE [--from-stage STAGE]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="run.py pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the pipeline's YAML (see configs/quickstart.yaml)")
+    parser.add_argument("--from-stage", choices=STAGES, default=None,
+                        help="recompute this stage and every stage after it")
+    args = parser.parse_args(argv)
+    return Pipeline(PipelineConfig.from_yaml(args.config)).run(from_stage=args.from_stage)

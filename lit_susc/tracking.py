@@ -1,0 +1,115 @@
+"""Weights & Biases records of the pipeline's stages, through Lightning's WandbLogger.
+
+Every stage gets one wandb run in the pipeline's group (named ``<group>/<stage>``). Stages with a
+Lightning Trainer (sample, aux_fit) log their steps to it live; once a stage has finished, the
+pipeline adds the stage's summary numbers, its plots and its tables to the same run (same id):
+
+    model        the tiny LM's training summary
+    sample       summary, per-component LLC table, SGLD loss traces, LLC heatmap
+    aux_fit      per-PC Pearson (aux and ridge) and PCA explained variance
+    aux_predict  summary
+    cluster      summary, the cluster table (with each cluster's most frequent tokens), size histogram
+    analyse      the leak table, CKA and Jaccard-kNN by layer
+    report       summary and the path of the cluster browser
+
+``WANDB_MODE=offline`` (or ``wandb.mode: offline``) needs no login; sync later with ``wandb sync``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _numbers(obj: dict, prefix: str) -> dict[str, float]:
+    """The numeric leaves of a (nested) JSON object, as flat ``prefix/key`` metrics."""
+    out: dict[str, float] = {}
+    for key, value in obj.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out[f"{prefix}/{key}"] = float(value)
+        elif isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}/{key}"))
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def cluster_table(cluster_dir: Path, top_tokens: int = 8) -> pa.Table:
+    """clusters.parquet plus each cluster's most frequent tokens (one string)."""
+    from .report.browser import frequent_tokens
+
+    clusters = pq.read_table(cluster_dir / "clusters.parquet")
+    frequent = frequent_tokens(pq.read_table(cluster_dir / "labels.parquet", columns=["label", "token"]), top_tokens)
+    return clusters.append_column("top_tokens", pa.array(
+        [" ".join(repr(t) for t, _ in frequent.get(label, [])) for label in clusters.column("label").to_pylist()],
+        pa.string()))
+
+
+def stage_record(pipeline, stage: str) -> tuple[dict[str, float], dict[str, Path], dict[str, pa.Table]]:
+    """(metrics, images, tables) of a finished stage; plots are drawn into the pipeline's state directory."""
+    from .report import plots
+
+    d = pipeline.stage_dir(stage)
+    figures = pipeline.state_dir / "plots" / stage
+    figures.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, float] = {}
+    images: dict[str, Path] = {}
+    tables: dict[str, pa.Table] = {}
+    if stage == "model":
+        metrics = _numbers({k: v for k, v in _read_json(d / "train_summary.json").items() if k != "config"}, stage)
+    elif stage == "sample":
+        metrics = _numbers(_read_json(d / "summary.json"), stage)
+        llc = _read_json(d / "llc.json")
+        components = list(llc)
+        tables["sample/llc"] = pa.table({"component": components, "llc_mean": [llc[c]["mean"] for c in components],
+                                         "llc_std": [llc[c]["std"] for c in components]})
+        images["sample/traces"] = plots.plot_traces(pq.read_table(d / "traces.parquet"), components[:4],
+                                                    figures / "traces.png")
+        images["sample/llc"] = plots.plot_llc_heatmap(llc, components, figures / "llc.png")
+    elif stage == "aux_fit":
+        aux = _read_json(d / "aux.json")
+        metrics = {f"{stage}/pearson_mean": aux["pearson_mean"], f"{stage}/ridge_pearson_mean": aux["ridge"]["pearson_mean"],
+                   f"{stage}/n_pcs": float(aux["n_pcs"])}
+        images["aux_fit/pearson"] = d / "pearson.png"
+        images["aux_fit/pca_variance"] = plots.plot_pca_variance(aux["pc_variances"], figures / "pca_variance.png")
+        tables["aux_fit/pearson"] = pa.table({"pc": list(range(len(aux["pearson"]))), "aux": aux["pearson"],
+                                              "ridge": aux["ridge"]["pearson"]})
+    elif stage in ("aux_predict", "report"):
+        metrics = _numbers(_read_json(d / "summary.json"), stage)
+    elif stage == "cluster":
+        metrics = _numbers(_read_json(d / "summary.json"), stage)
+        table = cluster_table(d)
+        tables["cluster/clusters"] = table
+        images["cluster/sizes"] = plots.plot_cluster_sizes(table, figures / "cluster_sizes.png")
+    elif stage == "analyse":
+        leak = pq.read_table(d / "leak.parquet")
+        tables["analyse/leak"] = leak
+        images["analyse/leak"] = d / "leak.png"
+        for row in leak.to_pylist():
+            metrics.update({f"analyse/{k}/layer{row['layer']}": float(v) for k, v in row.items()
+                            if k.startswith(("cka", "jaccard"))})
+    return metrics, images, tables
+
+
+def log_stage(pipeline, stage: str) -> None:
+    """Add a finished stage's numbers, plots and tables to its wandb run (module docstring)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    metrics, images, tables = stage_record(pipeline, stage)
+    logger = WandbLogger(**pipeline.wandb_args(stage))
+    if metrics:
+        logger.log_metrics(metrics)
+    for key, path in images.items():
+        if Path(path).exists():
+            logger.log_image(key=key, images=[str(path)])
+    for key, table in tables.items():
+        logger.log_table(key=key, columns=table.column_names, data=[list(r.values()) for r in table.to_pylist()])
+    logger.experiment.summary.update(metrics)
+    logger.experiment.finish()

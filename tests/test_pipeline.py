@@ -1,0 +1,116 @@
+"""``run.py pipeline``: every stage in order, finished stages skipped, reruns from a named stage."""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+import run
+from lit_susc.corpus import iter_texts
+from lit_susc.pipeline import STAGES
+
+CONTEXT = 16
+
+
+def _config(tmp, tiny_lm_dir, docs, **changes):
+    config = {
+        "output_dir": str(tmp / "run"),
+        "wandb": {"enabled": True, "mode": "offline"},
+        "sample": {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+                   "model": {"pretrained": str(tiny_lm_dir), "components": ["*"],
+                             "data": {"source": str(docs), "context_length": CONTEXT, "observation_contexts": 12,
+                                      "sampling_contexts": 4, "batch_size": 4},
+                             "sgld": {"lr": 1e-4, "nbeta": 50.0, "chains": 2, "draws": 4, "burn_in": 2}}},
+        "aux_fit": {"trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False},
+                    "batch_size": 16, "split": {"val_fraction": 0.25}},
+        "aux_predict": {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+                        "data": {"max_contexts": 48, "batch_size": 8, "shard_contexts": 16}},
+        "cluster": {"k": 8, "min_size": 5, "alpha": 1e-2, "eps": 1e-5},
+        "analyse": {"k": 5},
+        "report": {"examples_per_cluster": 5},
+    }
+    for section, values in changes.items():
+        config[section].update(values)
+    path = tmp / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _mtimes(run_dir):
+    return {s: os.stat(run_dir / "pipeline" / f"{s}.json").st_mtime_ns for s in STAGES[1:]}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_lm_dir, tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("pipeline")
+    docs = tmp / "docs"
+    docs.mkdir()
+    text = "".join(d.text for d in iter_texts("stdlib", max_documents=3))
+    for i in range(48):
+        (docs / f"doc{i:03d}.txt").write_text(text[i * 60:(i + 1) * 60])
+    config = _config(tmp, tiny_lm_dir, docs)
+    run.main(["pipeline", "--config", str(config)])
+    return tmp, docs, config
+
+
+def test_every_stage_writes_its_directory_and_the_report_opens(pipeline):
+    tmp, _, _ = pipeline
+    out = tmp / "run"
+    for stage in STAGES[1:]:  # a pretrained model: no model stage
+        assert json.loads((out / "pipeline" / f"{stage}.json").read_text())["finished"]
+        assert (out / "pipeline" / f"{stage}.yaml").exists()
+    assert not (out / "model").exists()
+    assert (out / "report" / "index.html").exists() and (out / "analyse" / "leak.png").exists()
+    predicted = json.loads((out / "aux_predict" / "result.json").read_text())["n_tokens"]
+    assert predicted >= 4 * 12 * (CONTEXT - 1)
+
+
+def test_every_stage_is_a_wandb_run_offline(pipeline):
+    tmp, _, _ = pipeline
+    runs = list((tmp / "run" / "pipeline" / "wandb").glob("offline-run-*"))
+    assert len({p.name.rsplit("-", 1)[-1] for p in runs}) == len(STAGES) - 1  # one run id per stage
+
+
+def test_finished_stages_are_skipped(pipeline, capsys):
+    tmp, _, config = pipeline
+    before = _mtimes(tmp / "run")
+    run.main(["pipeline", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert out.count("finished with the same config, skipped") == len(STAGES) - 1
+    assert _mtimes(tmp / "run") == before
+
+
+def test_from_stage_reruns_that_stage_and_the_later_ones_only(pipeline):
+    tmp, _, config = pipeline
+    before = _mtimes(tmp / "run")
+    run.main(["pipeline", "--config", str(config), "--from-stage", "cluster"])
+    after = _mtimes(tmp / "run")
+    assert [s for s in before if before[s] != after[s]] == ["cluster", "analyse", "report"]
+
+
+def test_a_changed_stage_config_reruns_it_and_the_later_ones(pipeline, tiny_lm_dir):
+    tmp, docs, _ = pipeline
+    before = _mtimes(tmp / "run")
+    run.main(["pipeline", "--config", str(_config(tmp, tiny_lm_dir, docs, analyse={"k": 4}))])
+    after = _mtimes(tmp / "run")
+    assert [s for s in before if before[s] != after[s]] == ["analyse", "report"]
+
+
+def test_too_little_upsampling_is_refused_before_anything_runs(tiny_lm_dir, tmp_path, capsys):
+    config = _config(tmp_path, tiny_lm_dir, tmp_path, aux_predict={"data": {"max_contexts": 10}})
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["pipeline", "--config", str(config)])
+    assert exit_info.value.code == 2
+    assert "max_contexts" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_section_is_an_error(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("output_dir: x\nsampel: {}\n")
+    with pytest.raises(SystemExit):
+        run.main(["pipeline", "--config", str(path)])
+    assert "sampel" in capsys.readouterr().err
