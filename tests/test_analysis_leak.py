@@ -7,7 +7,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 import run
@@ -15,16 +14,12 @@ from lit_susc.analysis import LeakConfig, knn_jaccard, linear_cka, plot_leak, ru
 from lit_susc.aux import AuxBundle, SplitConfig, document_split
 from lit_susc.aux.cli import main as aux_main
 from lit_susc.aux.fit import observation_contexts
-from lit_susc.corpus import iter_texts
+from tiny_runs import sample_config, short_documents
+from tiny_runs import write_yaml as write
 from lit_susc.tinylm import load_causal_lm
 
 CONTEXT, OBSERVED, K = 16, 16, 5
 CONFIG = LeakConfig(k=K, max_tokens=None, batch_size=3)
-
-
-def write(path, config):
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +27,9 @@ def work(tiny_lm_dir, tmp_path_factory):
     """A sample run over 16 one-context documents, an aux fit on it (4 validation documents), the leak check."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("leak")
-    docs = tmp / "docs"
-    docs.mkdir()
-    text = "".join(d.text for d in iter_texts("stdlib", max_documents=3))
-    for i in range(40):
-        (docs / f"doc{i:03d}.txt").write_text(text[i * 40:(i + 1) * 40])
-    sample = {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-              "model": {"pretrained": str(tiny_lm_dir), "components": ["*"], "output_dir": str(tmp / "run"),
-                        "data": {"source": str(docs), "context_length": CONTEXT, "observation_contexts": OBSERVED,
-                                 "sampling_contexts": 4, "batch_size": 4},
-                        "sgld": {"lr": 1e-4, "nbeta": 50.0, "chains": 2, "draws": 4, "burn_in": 2}}}
+    docs = short_documents(tmp / "docs")
+    sample = sample_config(tiny_lm_dir, docs, CONTEXT, OBSERVED)
+    sample["model"]["output_dir"] = str(tmp / "run")
     run.main(["sample", "--config", str(write(tmp / "sample.yaml", sample))])
     fit = {"trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False},
            "susceptibilities": str(tmp / "run"), "output_dir": str(tmp / "aux"), "batch_size": 16,

@@ -14,7 +14,8 @@ import run
 from lit_susc import read_chi
 from lit_susc.aux import AuxBundle, PCABasis, read_pcs, read_tokens
 from lit_susc.aux.cli import main as aux_main
-from lit_susc.corpus import iter_texts
+from tiny_runs import sample_config, short_documents
+from tiny_runs import write_yaml as write
 
 CONTEXT, OBSERVED = 16, 8
 PREDICT = {"batch_size": 2, "shard_contexts": 3, "max_contexts": 10}
@@ -25,25 +26,13 @@ def work(tiny_lm_dir, tmp_path_factory):
     """A sample run over 40 short documents (about one context each), then aux fit and aux predict on it."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("aux")
-    docs = tmp / "docs"
-    docs.mkdir()
-    text = "".join(d.text for d in iter_texts("stdlib", max_documents=3))
-    for i in range(40):
-        (docs / f"doc{i:03d}.txt").write_text(text[i * 40:(i + 1) * 40])
-    sample = {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-              "model": {"pretrained": str(tiny_lm_dir), "components": ["*"], "output_dir": str(tmp / "run"),
-                        "data": {"source": str(docs), "context_length": CONTEXT, "observation_contexts": OBSERVED,
-                                 "sampling_contexts": 4, "batch_size": 4},
-                        "sgld": {"lr": 1e-4, "nbeta": 50.0, "chains": 2, "draws": 4, "burn_in": 2}}}
+    docs = short_documents(tmp / "docs")
+    sample = sample_config(tiny_lm_dir, docs, CONTEXT, OBSERVED)
+    sample["model"]["output_dir"] = str(tmp / "run")
     run.main(["sample", "--config", str(write(tmp / "sample.yaml", sample))])
     aux_main(["fit", "--config", str(fit_config(tmp / "fit.yaml", tmp / "run", tmp / "aux"))])
     aux_main(["predict", "--config", str(predict_config(tmp / "predict.yaml", tmp / "aux", tmp / "pred", docs))])
     return tmp
-
-
-def write(path, config):
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def fit_config(path, run_dir, out, **extra):

@@ -13,8 +13,8 @@ so BIF(z_i, q) = -Cov(l_i, l_q) exactly.
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from linear_gaussian import loss_fn, model_at, problem
 from lit_susc import BIFResult, SGLDConfig, estimate_bif
 from lit_susc.covariance import CrossCovarianceSums, bayesian_influence
 
@@ -23,16 +23,7 @@ NBETA, GAMMA = 1000.0, 100.0
 
 
 def _problem():
-    g = torch.Generator().manual_seed(1)
-    X = torch.randn(N, D, generator=g)
-    y = X @ torch.randn(D, generator=g) + 0.1 * torch.randn(N, generator=g)
-    theta = torch.linalg.lstsq(X, y[:, None]).solution[:, 0]
-    return X, y, theta
-
-
-def loss_fn(model, batch):
-    x, y = batch
-    return 0.5 * (y - model(x).squeeze(-1)) ** 2
+    return problem(N, D, label_noise=0.1, seed=1)
 
 
 def exact_bif():
@@ -47,9 +38,7 @@ def exact_bif():
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     X, y, theta = _problem()
-    model = nn.Linear(D, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(theta[None])
+    model = model_at(theta)
     sgld = SGLDConfig(lr=5e-5, nbeta=NBETA, localization=GAMMA, chains=8, draws=400, burn_in=100,
                       steps_between_draws=4, seed=0)
     res = estimate_bif(model, loss_fn, [(X, y)], [(X[:N_TRAIN], y[:N_TRAIN])], [(X[N_TRAIN:], y[N_TRAIN:])],

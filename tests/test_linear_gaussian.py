@@ -11,8 +11,8 @@ S_C = (nbeta H_CC + localization I)^-1, H = X^T X / n, so
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from linear_gaussian import loss_fn, model_at, problem
 from lit_susc import SGLDConfig, SusceptibilityResult, estimate_susceptibilities
 
 N, D = 64, 6
@@ -21,16 +21,7 @@ BLOCKS = {"a": [0, 1, 2], "b": [3, 4, 5], "all": list(range(D))}
 
 
 def _problem():
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(N, D, generator=g)
-    y = X @ torch.randn(D, generator=g) + 0.01 * torch.randn(N, generator=g)
-    theta = torch.linalg.lstsq(X, y[:, None]).solution[:, 0]
-    return X, y, theta
-
-
-def loss_fn(model, batch):
-    x, y = batch
-    return 0.5 * (y - model(x).squeeze(-1)) ** 2
+    return problem(N, D, label_noise=0.01, seed=0)
 
 
 def _posterior(cols):
@@ -54,9 +45,7 @@ def exact_llc(cols):
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     X, y, theta = _problem()
-    model = nn.Linear(D, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(theta[None])
+    model = model_at(theta)
     masks = {}
     for name, cols in BLOCKS.items():
         m = torch.zeros(1, D, dtype=torch.bool)

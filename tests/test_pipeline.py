@@ -5,11 +5,9 @@ import os
 
 import pytest
 import torch
-import yaml
-
 import run
-from lit_susc.corpus import iter_texts
 from lit_susc.pipeline import STAGES
+from tiny_runs import sample_config, short_documents, write_yaml
 
 CONTEXT = 16
 
@@ -18,11 +16,7 @@ def _config(tmp, tiny_lm_dir, docs, **changes):
     config = {
         "output_dir": str(tmp / "run"),
         "wandb": {"enabled": True, "mode": "offline"},
-        "sample": {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-                   "model": {"pretrained": str(tiny_lm_dir), "components": ["*"],
-                             "data": {"source": str(docs), "context_length": CONTEXT, "observation_contexts": 12,
-                                      "sampling_contexts": 4, "batch_size": 4},
-                             "sgld": {"lr": 1e-4, "nbeta": 50.0, "chains": 2, "draws": 4, "burn_in": 2}}},
+        "sample": sample_config(tiny_lm_dir, docs, CONTEXT, observed=12),
         "aux_fit": {"trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False},
                     "batch_size": 16, "split": {"val_fraction": 0.25}},
         "aux_predict": {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
@@ -33,9 +27,7 @@ def _config(tmp, tiny_lm_dir, docs, **changes):
     }
     for section, values in changes.items():
         config[section].update(values)
-    path = tmp / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_yaml(tmp / "pipeline.yaml", config)
 
 
 def _mtimes(run_dir):
@@ -46,11 +38,7 @@ def _mtimes(run_dir):
 def pipeline(tiny_lm_dir, tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("pipeline")
-    docs = tmp / "docs"
-    docs.mkdir()
-    text = "".join(d.text for d in iter_texts("stdlib", max_documents=3))
-    for i in range(48):
-        (docs / f"doc{i:03d}.txt").write_text(text[i * 60:(i + 1) * 60])
+    docs = short_documents(tmp / "docs", n=48, chars=60)
     config = _config(tmp, tiny_lm_dir, docs)
     run.main(["pipeline", "--config", str(config)])
     return tmp, docs, config

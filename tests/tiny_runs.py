@@ -1,0 +1,30 @@
+"""Small inputs shared by the tests that run the stages end to end on the session's tiny LM."""
+
+from pathlib import Path
+
+import yaml
+
+from lit_susc.corpus import iter_texts
+
+
+def short_documents(directory: Path, n: int = 40, chars: int = 40) -> Path:
+    """``n`` .txt documents of ``chars`` characters of stdlib source each (about one context of 16 tokens)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = "".join(d.text for d in iter_texts("stdlib", max_documents=3))
+    for i in range(n):
+        (directory / f"doc{i:03d}.txt").write_text(text[i * chars:(i + 1) * chars])
+    return directory
+
+
+def sample_config(tiny_lm_dir, source, context: int, observed: int) -> dict:
+    """A ``run.py sample`` config (without output_dir): every component, 2 chains of 4 draws."""
+    return {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+            "model": {"pretrained": str(tiny_lm_dir), "components": ["*"],
+                      "data": {"source": str(source), "context_length": context, "observation_contexts": observed,
+                               "sampling_contexts": 4, "batch_size": 4},
+                      "sgld": {"lr": 1e-4, "nbeta": 50.0, "chains": 2, "draws": 4, "burn_in": 2}}}
+
+
+def write_yaml(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
