@@ -4,13 +4,13 @@ Spec: "How to Scale Susceptibilities" (Gordon, Adam, Hoogland, Murfet 2026).
 """
 
 from .components import discover_components, resolve_components, select_components
-from .config import SGLDConfig
-from .langevin import SGLD, RMSPropSGLD
+from .config import ComputeConfig, SGLDConfig
 from .influence import BIFResult
+from .langevin import SGLD, RMSPropSGLD
 from .result import SusceptibilityResult, read_chi
 
 __all__ = [
-    "BIFResult", "RMSPropSGLD", "SGLD", "SGLDConfig", "SusceptibilityResult", "discover_components",
+    "BIFResult", "ComputeConfig", "RMSPropSGLD", "SGLD", "SGLDConfig", "SusceptibilityResult", "discover_components",
     "estimate_bif", "estimate_susceptibilities", "read_chi", "resolve_components", "select_components",
 ]
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .components import resolve_components
-from .config import SGLDConfig
+from .config import ComputeConfig, SGLDConfig
 from .engine import bif_callbacks, make_trainer, run_bif, run_sampling
 from .influence import BIFResult
 from .result import SusceptibilityResult
@@ -30,6 +30,7 @@ def estimate_susceptibilities(
     *,
     reference_data: Any = None,
     run_dir: str | Path | None = None,
+    compute: ComputeConfig | None = None,
 ) -> SusceptibilityResult:
     """chi[component, observation] by component-restricted SGLD around the model's current weights.
 
@@ -47,9 +48,11 @@ def estimate_susceptibilities(
         reference_data: the batch defining L_ref and phi_C = L_ref(w) - L_ref(w*).
         run_dir: where unit state and outputs go (resumable); by default a temporary directory,
             removed once the result is in memory.
+        compute: memory budget, prefix caching (for losses with ``accepts_cached_prefix``, such
+            as ``lit_susc.lm.per_token_loss``) and observation precision (``ComputeConfig``).
     """
     return _run(model, loss_fn, sampling_data, list(observation_data), components, sgld, trainer, reference_data,
-                run_dir, None, lambda module, lt: run_sampling(module, lt))
+                run_dir, compute, None, lambda module, lt: run_sampling(module, lt))
 
 
 def estimate_bif(
@@ -65,6 +68,7 @@ def estimate_bif(
     reference_data: Any = None,
     run_dir: str | Path | None = None,
     top_k: int = 10,
+    compute: ComputeConfig | None = None,
 ) -> BIFResult:
     """Bayesian influence functions BIF(z_i, q) = -Cov(l_i(w), l_q(w)) under the localized posterior.
 
@@ -86,11 +90,11 @@ def estimate_bif(
     n_train = n_losses(train)
     granularity = "token" if loss_fn(model, train[0]).dim() > 1 else "sample"
     return _run(model, loss_fn, sampling_data, train + query, components, sgld, trainer, reference_data, run_dir,
-                bif_callbacks(n_train), lambda module, lt: run_bif(module, lt, granularity=granularity, top_k=top_k))
+                compute, bif_callbacks(n_train), lambda module, lt: run_bif(module, lt, granularity=granularity, top_k=top_k))
 
 
 def _run(model, loss_fn, sampling_data, observation, components, sgld, trainer, reference_data, run_dir,
-         required, runner):
+         compute, required, runner):
     """Shared set-up of the API's runs: data, components, a run directory (temporary by default), Trainer."""
     sgld = sgld or SGLDConfig()
     sampling = list(sampling_data)
@@ -102,7 +106,7 @@ def _run(model, loss_fn, sampling_data, observation, components, sgld, trainer, 
     lightning_trainer = make_trainer(trainer, run_dir, required)
     if temporary and lightning_trainer.world_size > 1:
         raise ValueError("a multi-process run needs run_dir: every process must write to the same directory")
-    result = runner(SusceptibilitySampler(model, loss_fn, resolved, data, sgld, run_dir), lightning_trainer)
+    result = runner(SusceptibilitySampler(model, loss_fn, resolved, data, sgld, run_dir, compute), lightning_trainer)
     if temporary:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume from a directory nobody named
     return result

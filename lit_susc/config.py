@@ -77,3 +77,28 @@ class SGLDConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class ComputeConfig:
+    """How a run uses memory and precision: never what it estimates (beyond floating-point noise)."""
+
+    memory_budget_gb: float = 2.0
+    """Device memory per rank for the prefix caches (observation batches first, then the reference
+    batch, then the SGLD minibatches); the run prints what it chose to cache."""
+    prefix_cache: bool = True
+    """Reuse the residual stream entering a component's first block instead of recomputing the
+    blocks below it (GPT-NeoX with a loss that accepts cached prefixes; otherwise ignored)."""
+    observation_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Precision of the per-draw observation forward pass (bfloat16: autocast; the per-token losses
+    are still computed from float32 logits and accumulated in float64). L_ref stays float32."""
+
+    def __post_init__(self) -> None:
+        if self.memory_budget_gb < 0:
+            raise ValueError(f"compute.memory_budget_gb must be >= 0, got {self.memory_budget_gb}")
+        if self.observation_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute.observation_dtype must be 'float32' or 'bfloat16', got {self.observation_dtype!r}")
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.memory_budget_gb * 2**30)

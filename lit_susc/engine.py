@@ -58,6 +58,9 @@ def run_identity(module: SusceptibilitySampler, extra: dict | None = None) -> di
         "model_digest": _digest_tensors(p for _, p in sorted(module.model.named_parameters())),
         "data_digest": _digest_tensors([*_batch_tensors(data.sampling), *_batch_tensors(data.observation),
                                  *_batch_tensors(data.reference)]),
+        # Low precision changes the estimate beyond float32 noise: a run must not mix the two.
+        **({"observation_dtype": module.compute.observation_dtype}
+           if module.compute.observation_dtype != "float32" else {}),
         **(extra or {}),
     }
 

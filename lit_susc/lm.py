@@ -8,33 +8,38 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .components import resolve_components
-from .config import SGLDConfig
+from .config import ComputeConfig, SGLDConfig
 from .corpus import ContextSet, iter_texts, make_contexts, token_table
+from .prefix import CachedPrefix, trunk_hidden
 from .sampler import SamplingData, SusceptibilitySampler
 from .tinylm import TinyLMConfig, load_causal_lm, train_tiny_lm
 
 
-def per_token_loss(model: nn.Module, input_ids: Tensor, chunk_tokens: int = 512) -> Tensor:
+def per_token_loss(model: nn.Module, batch: Tensor | CachedPrefix, chunk_tokens: int = 512) -> Tensor:
     """l[b, t] = -log p(input_ids[b, t+1] | input_ids[b, :t+1]), shape [B, T-1].
 
-    Runs the trunk, then the output head and the cross-entropy ``chunk_tokens`` positions at a
-    time: the [tokens x vocabulary] logits never exist at once, and each chunk's logits are
-    still in cache when the cross-entropy reads them (on CPU this makes head + loss cheaper than
-    the head alone over all positions).
+    ``batch`` is token ids [B, T] or a ``CachedPrefix`` of them (the blocks below its start are
+    not run again; lit_susc.prefix). Runs the trunk, then the output head and the cross-entropy
+    ``chunk_tokens`` positions at a time: the [tokens x vocabulary] logits never exist at once,
+    and each chunk's logits are still in cache when the cross-entropy reads them (on CPU this
+    makes head + loss cheaper than the head alone over all positions).
     """
-    hidden = model.base_model(input_ids=input_ids).last_hidden_state
+    input_ids = batch.input_ids if isinstance(batch, CachedPrefix) else batch
+    hidden = trunk_hidden(model, batch)
     hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     targets = input_ids[:, 1:].reshape(-1)
     head = model.get_output_embeddings()
     losses = [F.cross_entropy(head(hidden[i:i + chunk_tokens]).float(), targets[i:i + chunk_tokens], reduction="none")
               for i in range(0, hidden.shape[0], chunk_tokens)]
     return torch.cat(losses).view(input_ids.shape[0], -1)
+
+
+per_token_loss.accepts_cached_prefix = True
 
 
 @dataclass
@@ -105,9 +110,12 @@ class InfluenceDataConfig(TextSource):
             raise ValueError(f"data.granularity must be 'sample' or 'token', got {self.granularity!r}")
 
 
-def per_sample_loss(model: nn.Module, input_ids: Tensor) -> Tensor:
+def per_sample_loss(model: nn.Module, batch: Tensor | CachedPrefix) -> Tensor:
     """l[b] = mean over t of per_token_loss[b, t]: one loss per context, shape [B]."""
-    return per_token_loss(model, input_ids).mean(dim=-1)
+    return per_token_loss(model, batch).mean(dim=-1)
+
+
+per_sample_loss.accepts_cached_prefix = True
 
 
 def load_lm(pretrained: str | None, revision: str | None, trust_remote_code: bool, tiny_lm: TinyLMConfig | None,
@@ -157,13 +165,14 @@ class LMSusceptibilities(SusceptibilitySampler):
         output_dir: the run directory (resumable; refuses another run's results).
         shard_tokens: observation tokens per chi shard on disk.
         tiny_lm: the offline model's recipe, used when ``pretrained`` is None.
+        compute: memory budget, prefix caching and observation precision (never the estimate).
     """
 
     def __init__(self, pretrained: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
                  components: Sequence[str] = ("*",),
                  data: TextDataConfig | None = None, sgld: SGLDConfig | None = None,
                  output_dir: str = "runs/sample", shard_tokens: int = 1 << 20,
-                 tiny_lm: TinyLMConfig | None = None) -> None:
+                 tiny_lm: TinyLMConfig | None = None, compute: ComputeConfig | None = None) -> None:
         data = data or TextDataConfig()
         sgld = sgld or SGLDConfig()
         run_dir = Path(output_dir)
@@ -178,7 +187,7 @@ class LMSusceptibilities(SusceptibilitySampler):
             data=SamplingData(sampling=_batches(sampling.input_ids, data.batch_size),
                               observation=_batches(observation.input_ids, data.observation_batch_size),
                               reference=sampling.input_ids[:data.batch_size]),
-            sgld=sgld, run_dir=run_dir,
+            sgld=sgld, run_dir=run_dir, compute=compute,
         )
         self.shard_tokens = shard_tokens
 
@@ -221,12 +230,13 @@ class LMInfluence(SusceptibilitySampler):
         sgld: sampler settings.
         output_dir: the run directory (resumable; refuses another run's results).
         top_k: most influential training samples listed per query.
+        compute: memory budget, prefix caching and observation precision (never the estimate).
     """
 
     def __init__(self, pretrained: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
                  components: Sequence[str] | None = None, data: InfluenceDataConfig | None = None,
                  sgld: SGLDConfig | None = None, output_dir: str = "runs/bif", top_k: int = 10,
-                 tiny_lm: TinyLMConfig | None = None) -> None:
+                 tiny_lm: TinyLMConfig | None = None, compute: ComputeConfig | None = None) -> None:
         data = data or InfluenceDataConfig()
         sgld = sgld or SGLDConfig()
         run_dir = Path(output_dir)
@@ -248,7 +258,7 @@ class LMInfluence(SusceptibilitySampler):
             data=SamplingData(sampling=_batches(sampling.input_ids, data.batch_size),
                               observation=batches(train.input_ids) + batches(query.input_ids),
                               reference=sampling.input_ids[:data.batch_size]),
-            sgld=sgld, run_dir=run_dir,
+            sgld=sgld, run_dir=run_dir, compute=compute,
         )
 
     def describe(self) -> dict:

@@ -7,7 +7,10 @@ sampling data, and after every ``steps_between_draws`` steps past burn-in evalua
     L_ref(w_s)   mean per-token loss on the fixed reference batch,
     l_t(w_s)     per-token losses of every observation token,
 
-handing them to the callbacks (which keep only streaming sums). Every unit draws its noise and
+handing them to the callbacks (which keep only streaming sums). With a loss function that
+accepts cached prefixes (``loss_fn.accepts_cached_prefix``, e.g. lit_susc.lm.per_token_loss) the
+batches go through a ``PrefixCache`` (lit_susc.prefix) planned from ``compute.memory_budget_gb``,
+and the blocks below a component's first block run once per batch. Every unit draws its noise and
 its minibatch order from generators seeded by (seed, component index, chain), so results do not
 depend on how units are split across ranks or interrupted and resumed. A finished unit leaves a
 ``done`` marker in the run directory; a restarted run skips those units.
@@ -29,7 +32,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .components import Component
-from .config import SGLDConfig
+from .config import ComputeConfig, SGLDConfig
+from .prefix import PrefixCache
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 """loss_fn(model, batch) -> per-sample losses [B] or per-token losses [B, T]."""
@@ -98,9 +102,10 @@ class ChainSchedule(Dataset):
     def __getitem__(self, i: int) -> dict:
         u, step = divmod(i, self.steps)
         if u >= len(self.units):
-            return {"unit": -1, "step": step, "data": self.sampling[0]}
+            return {"unit": -1, "step": step, "index": 0, "data": self.sampling[0]}
         unit = self.units[u]
-        return {"unit": unit.index, "step": step, "data": self.sampling[int(self._order(unit)[step])]}
+        index = int(self._order(unit)[step])
+        return {"unit": unit.index, "step": step, "index": index, "data": self.sampling[index]}
 
 
 class SusceptibilitySampler(L.LightningModule):
@@ -108,14 +113,16 @@ class SusceptibilitySampler(L.LightningModule):
 
     ``training_step`` returns, for callbacks: ``unit`` (Unit or None when idle), ``step``,
     ``minibatch_loss`` (the loss the step used), ``draw`` (None, or a dict with ``phi``,
-    ``ref_loss`` and ``obs_losses`` [T] float32) and ``unit_done``.
+    ``ref_loss`` and ``obs_losses`` [T] float64) and ``unit_done``.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, components: dict[str, Component],
-                 data: SamplingData, sgld: SGLDConfig, run_dir: str | Path) -> None:
+                 data: SamplingData, sgld: SGLDConfig, run_dir: str | Path, compute: ComputeConfig | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.model, self.loss_fn, self.components, self.data, self.sgld = model, loss_fn, components, data, sgld
+        self.compute = compute or ComputeConfig()
+        self.prefix: PrefixCache | None = None
         self.run_dir = Path(run_dir)
         self.component_names = list(components)
         self.units = [Unit(i * sgld.chains + k, i, name, k)
@@ -159,6 +166,14 @@ class SusceptibilitySampler(L.LightningModule):
         # deterministic loss. Observation data stays on the device for the whole run.
         self._reference = self._to_device(self.data.reference)
         self._observation = [self._to_device(b) for b in self.data.observation]
+        if self.compute.prefix_cache and getattr(self.loss_fn, "accepts_cached_prefix", False):
+            count = lambda batches: [b.numel() for b in batches]  # noqa: E731
+            self.prefix = PrefixCache(self.model, self.compute.budget_bytes, {
+                "observation": count(self._observation), "reference": count([self._reference]),
+                "sampling": count(self.data.sampling)})
+            plan = self.prefix.plan()
+            if self.global_rank == 0:
+                print(f"lit-susc: {plan}")
         with torch.no_grad():
             self.model.eval()
             self.ref_loss_star = self.reference_loss()
@@ -183,7 +198,7 @@ class SusceptibilitySampler(L.LightningModule):
             self._begin_unit(unit)
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model, batch["data"]).mean()
+        loss = self.loss_fn(self.model, self._view("sampling", batch["index"], batch["data"])).mean()
         self.manual_backward(loss)
         opt.step(generator=self._generator)
         draw = None
@@ -220,19 +235,29 @@ class SusceptibilitySampler(L.LightningModule):
         for name, p in self._params.items():
             p.requires_grad_(name in comp)
         opt.restrict({self._params[n]: m for n, m in comp.items()})
+        if self.prefix is not None:
+            self.prefix.begin(comp)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(unit_seed(self.sgld.seed, unit.component_index, unit.chain, 0))
 
+    def _view(self, kind: str, index: int, batch: Any) -> Any:
+        """The batch as the loss reads it: its cached prefix when there is one."""
+        return batch if self.prefix is None else self.prefix.view(kind, index, batch)
+
     def reference_loss(self) -> Tensor:
         """L_ref(w): mean loss over the reference batch, float64."""
-        return self.loss_fn(self.model, self._reference).double().mean()
+        return self.loss_fn(self.model, self._view("reference", 0, self._reference)).double().mean()
 
     def observation_losses(self) -> Tensor:
-        """Per-sample / per-token losses of all observation batches, flattened, float32."""
-        losses = [self.loss_fn(self.model, b) for b in self._observation]
+        """Per-sample / per-token losses of all observation batches, flattened, float64.
+
+        With ``compute.observation_dtype: bfloat16`` the forward pass runs under autocast."""
+        low = self.compute.observation_dtype == "bfloat16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
+            losses = [self.loss_fn(self.model, self._view("observation", i, b)) for i, b in enumerate(self._observation)]
         if self.observation_shape is None:
             self.observation_shape = (sum(x.shape[0] for x in losses), *losses[0].shape[1:])
-        return torch.cat([x.reshape(-1) for x in losses]).float()
+        return torch.cat([x.reshape(-1) for x in losses]).double()
 
     def _to_device(self, batch: Any) -> Any:
         return self.trainer.strategy.batch_to_device(batch, self.device) if self._trainer is not None else batch

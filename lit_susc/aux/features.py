@@ -77,11 +77,19 @@ class ResidualFeatures(nn.Module):
         self._captured: dict[int, Tensor] = {}
         blocks = decoder_blocks(model)
         deepest = max(layers)
+        self._handles = []
         for layer in set(layers):
             if layer == 0:
-                blocks[0].register_forward_pre_hook(self._capture_input(deepest == 0), with_kwargs=True)
+                self._handles.append(blocks[0].register_forward_pre_hook(self._capture_input(deepest == 0),
+                                                                         with_kwargs=True))
             else:
-                blocks[layer - 1].register_forward_hook(self._capture_output(layer, layer == deepest))
+                self._handles.append(blocks[layer - 1].register_forward_hook(self._capture_output(layer, layer == deepest)))
+
+    def remove(self) -> None:
+        """Take the hooks off the model (it runs whole again)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
     @property
     def n_features(self) -> int:
