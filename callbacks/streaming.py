@@ -13,9 +13,11 @@ class ComponentSumsCallback(L.Callback):
     """The bookkeeping shared by callbacks that reduce draws to sums (subclasses say which sums).
 
     Each (component, chain) unit folds its draws into fresh sums, saved beside the unit's ``done``
-    marker when it finishes (the resume state). After fitting, every rank merges the units it
-    owns per component and the sums are reduced across ranks, one collective per statistic;
-    ``self.sums`` then holds one reduced ``StreamingSums`` per component and ``finish`` runs.
+    marker when it finishes (the resume state). After fitting, the components are taken in
+    blocks that fit the run's memory budget (``compute.memory_budget_gb``): every rank merges the
+    units it owns of the block's components, the block is reduced across ranks (one collective per
+    statistic) and moved to the CPU, so the device never holds more than one block. ``self.sums``
+    then holds one reduced ``StreamingSums`` per component (on the CPU) and ``finish`` runs.
     """
 
     state_name = ""
@@ -45,13 +47,27 @@ class ComponentSumsCallback(L.Callback):
             save_unit_tensors(pl_module.unit_dir(unit), self.state_name, self._unit_sums.state())
             self._unit_sums = None
 
+    def block_size(self, pl_module) -> int:
+        """Components per reduction block: a block's local and stacked sums fit the memory budget."""
+        per_component = sum(t.numel() for t in self.empty_sums(pl_module).state().values()) * 8
+        return max(1, pl_module.compute.budget_bytes // (2 * per_component))
+
     def on_train_end(self, trainer, pl_module) -> None:
-        per_component = [self.empty_sums(pl_module) for _ in pl_module.component_names]
+        units: dict[int, list] = {}
         for unit in pl_module.owned_units():
-            state = load_unit_tensors(pl_module.unit_dir(unit), self.state_name, pl_module.device)
-            per_component[unit.component_index].merge(type(per_component[0]).from_state(state))
-        stacked = {k: reduce_sum(trainer, torch.stack([s.state()[k] for s in per_component]))
-                   for k in per_component[0].state_names}
-        self.sums = [type(per_component[0]).from_state({k: v[i] for k, v in stacked.items()})
-                     for i in range(len(per_component))]
+            units.setdefault(unit.component_index, []).append(unit)
+        n, block = len(pl_module.component_names), self.block_size(pl_module)
+        if block < n and trainer.is_global_zero:
+            print(f"lit-susc: {self.state_name} sums reduced in blocks of {block} of the {n} components "
+                  f"(compute.memory_budget_gb = {pl_module.compute.memory_budget_gb})")
+        self.sums = []
+        for lo in range(0, n, block):  # every rank takes the same blocks: the reductions pair up
+            local = [self.empty_sums(pl_module) for _ in range(lo, min(n, lo + block))]
+            for j, sums in enumerate(local):
+                for unit in units.get(lo + j, []):
+                    state = load_unit_tensors(pl_module.unit_dir(unit), self.state_name, pl_module.device)
+                    sums.merge(type(sums).from_state(state))
+            stacked = {k: reduce_sum(trainer, torch.stack([s.state()[k] for s in local])).cpu()
+                       for k in local[0].state_names}
+            self.sums += [type(local[0]).from_state({k: v[j] for k, v in stacked.items()}) for j in range(len(local))]
         self.finish(pl_module)

@@ -39,3 +39,21 @@ def test_draws_are_taken_after_burn_in_every_steps_between_draws():
     cfg = Config(draws=3, burn_in=2, steps_between_draws=4)
     assert cfg.steps_per_chain == 14
     assert [s for s in range(cfg.steps_per_chain) if cfg.is_draw(s)] == [5, 9, 13]
+
+
+def test_reducing_the_accumulators_in_blocks_of_one_component_changes_nothing():
+    from lit_susc import ComputeConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(32, 4), torch.randn(32)
+    components = {"first": {"0.weight": None}, "bias": {"0.bias": None}, "last": {"2.weight": None}}
+
+    def chi(budget_gb):
+        return estimate_susceptibilities(
+            model, lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2, [(x, y)], [(x, y)], components=components,
+            sgld=SGLDConfig(lr=1e-3, nbeta=10.0, chains=2, draws=3), compute=ComputeConfig(memory_budget_gb=budget_gb),
+            trainer={"accelerator": "cpu", "enable_progress_bar": False}).chi
+
+    one_block, per_component = chi(1.0), chi(1e-9)  # 1e-9 GB holds less than one component's sums
+    assert torch.equal(one_block, per_component) and one_block.abs().sum() > 0
