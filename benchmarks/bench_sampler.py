@@ -40,8 +40,9 @@ class StepTimer(L.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize()
         now = time.perf_counter()
-        if self._last is not None and outputs["step"] > 0:
-            (self.draws if outputs["draw"] is not None else self.steps).append(now - self._last)
+        chain = outputs["chains"][0]
+        if self._last is not None and chain["step"] > 0:
+            (self.draws if chain["draw"] is not None else self.steps).append(now - self._last)
         self._last = now
 
 

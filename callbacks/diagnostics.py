@@ -27,19 +27,23 @@ class DiagnosticsCallback(L.Callback):
     def __init__(self, max_loss_increase: float | None = 10.0, log_every_n_steps: int = 10) -> None:
         self.max_loss_increase = max_loss_increase
         self.log_every_n_steps = log_every_n_steps
-        self._rows: dict[str, list] = self._empty()
-
-    @staticmethod
-    def _empty() -> dict[str, list]:
-        return {"step": [], "loss": [], "ref_loss": []}
+        self._rows: dict[int, dict[str, list]] = {}  # by unit index: a batched step carries several chains
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        unit = outputs["unit"]
-        if unit is None:
-            return
-        step, loss = outputs["step"], float(outputs["minibatch_loss"])
+        chains = outputs["chains"]
+        for chain in chains:
+            self._record(pl_module, chain)
+        if chains:  # the first chain of the step stands for its group in the logger
+            step, loss, draw = chains[0]["step"], float(chains[0]["minibatch_loss"]), chains[0]["draw"]
+            if step % self.log_every_n_steps == 0:
+                pl_module.log("sgld/loss", loss, on_step=True, on_epoch=False)
+            if draw is not None:
+                pl_module.log("sgld/phi", float(draw["phi"]), on_step=True, on_epoch=False)
+
+    def _record(self, pl_module, chain: dict) -> None:
+        unit, step, loss = chain["unit"], chain["step"], float(chain["minibatch_loss"])
         if step == 0:
-            self._rows = self._empty()
+            self._rows[unit.index] = {"step": [], "loss": [], "ref_loss": []}
         start = float(pl_module.ref_loss_star)
         if not math.isfinite(loss) or (self.max_loss_increase is not None and loss > start + self.max_loss_increase):
             raise ChainDivergedError(
@@ -47,19 +51,16 @@ class DiagnosticsCallback(L.Callback):
                 f"{loss:.4g} against L_ref(w*) = {start:.4g}. Lower the lr or raise the localization "
                 f"(or raise DiagnosticsCallback.max_loss_increase if such losses are expected)."
             )
-        draw = outputs["draw"]
-        self._rows["step"].append(step)
-        self._rows["loss"].append(loss)
-        self._rows["ref_loss"].append(float(draw["ref_loss"]) if draw is not None else float("nan"))
-        if step % self.log_every_n_steps == 0:
-            pl_module.log("sgld/loss", loss, on_step=True, on_epoch=False)
-        if draw is not None:
-            pl_module.log("sgld/phi", float(draw["phi"]), on_step=True, on_epoch=False)
-        if outputs["unit_done"]:
+        rows, draw = self._rows[unit.index], chain["draw"]
+        rows["step"].append(step)
+        rows["loss"].append(loss)
+        rows["ref_loss"].append(float(draw["ref_loss"]) if draw is not None else float("nan"))
+        if chain["unit_done"]:
+            rows = self._rows.pop(unit.index)
             path = pl_module.unit_dir(unit)
             path.mkdir(parents=True, exist_ok=True)
-            table = pa.table({"component": [unit.component] * len(self._rows["step"]),
-                              "chain": [unit.chain] * len(self._rows["step"]), **self._rows})
+            table = pa.table({"component": [unit.component] * len(rows["step"]),
+                              "chain": [unit.chain] * len(rows["step"]), **rows})
             pq.write_table(table, path / f"{self.state_name}.parquet.tmp")
             (path / f"{self.state_name}.parquet.tmp").replace(path / f"{self.state_name}.parquet")
 

@@ -19,22 +19,20 @@ class LLCCallback(L.Callback):
     state_name = "llc"
 
     def __init__(self) -> None:
-        self._count = 0
-        self._sum_phi = 0.0
+        self._phis: dict[int, list[float]] = {}  # by unit index: phi at each draw so far
         self.llc: dict[str, dict] | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        unit = outputs["unit"]
-        if unit is None:
-            return
-        if outputs["step"] == 0:
-            self._count, self._sum_phi = 0, 0.0
-        if outputs["draw"] is not None:
-            self._count += 1
-            self._sum_phi += float(outputs["draw"]["phi"])
-        if outputs["unit_done"]:
-            mean_phi = torch.tensor(self._sum_phi / self._count, dtype=torch.float64)
-            save_unit_tensors(pl_module.unit_dir(unit), self.state_name, {"mean_phi": mean_phi})
+        for chain in outputs["chains"]:
+            unit = chain["unit"]
+            if chain["step"] == 0:
+                self._phis[unit.index] = []
+            if chain["draw"] is not None:
+                self._phis[unit.index].append(float(chain["draw"]["phi"]))
+            if chain["unit_done"]:
+                phis = self._phis.pop(unit.index)
+                mean_phi = torch.tensor(sum(phis) / len(phis), dtype=torch.float64)
+                save_unit_tensors(pl_module.unit_dir(unit), self.state_name, {"mean_phi": mean_phi})
 
     def on_train_end(self, trainer, pl_module) -> None:
         chains = pl_module.sgld.chains

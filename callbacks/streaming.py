@@ -23,7 +23,7 @@ class ComponentSumsCallback(L.Callback):
     state_name = ""
 
     def __init__(self) -> None:
-        self._unit_sums: StreamingSums | None = None
+        self._unit_sums: dict[int, StreamingSums] = {}  # by unit index: a batched step carries several chains
         self.sums: list[StreamingSums] | None = None
 
     def empty_sums(self, pl_module) -> StreamingSums:
@@ -36,16 +36,14 @@ class ComponentSumsCallback(L.Callback):
         raise NotImplementedError
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        unit = outputs["unit"]
-        if unit is None:
-            return
-        if outputs["step"] == 0:
-            self._unit_sums = self.empty_sums(pl_module)
-        if outputs["draw"] is not None:
-            self.fold(self._unit_sums, outputs["draw"], pl_module)
-        if outputs["unit_done"]:
-            save_unit_tensors(pl_module.unit_dir(unit), self.state_name, self._unit_sums.state())
-            self._unit_sums = None
+        for chain in outputs["chains"]:
+            unit = chain["unit"]
+            if chain["step"] == 0:
+                self._unit_sums[unit.index] = self.empty_sums(pl_module)
+            if chain["draw"] is not None:
+                self.fold(self._unit_sums[unit.index], chain["draw"], pl_module)
+            if chain["unit_done"]:
+                save_unit_tensors(pl_module.unit_dir(unit), self.state_name, self._unit_sums.pop(unit.index).state())
 
     def block_size(self, pl_module) -> int:
         """Components per reduction block: a block's local and stacked sums fit the memory budget."""

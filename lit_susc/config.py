@@ -89,11 +89,17 @@ class ComputeConfig:
     prefix_cache: bool = True
     """Reuse the residual stream entering a component's first block instead of recomputing the
     blocks below it (GPT-NeoX with a loss that accepts cached prefixes; otherwise ignored)."""
+    batch_chains: int = 1
+    """Chains of one component stepped together as one batched forward/backward (torch.func.vmap
+    over stacked copies of the component's weights): fills a device that one small chain leaves
+    idle. Results equal running the chains one at a time."""
     observation_dtype: Literal["float32", "bfloat16"] = "float32"
     """Precision of the per-draw observation forward pass (bfloat16: autocast; the per-token losses
     are still computed from float32 logits and accumulated in float64). L_ref stays float32."""
 
     def __post_init__(self) -> None:
+        if self.batch_chains < 1:
+            raise ValueError(f"compute.batch_chains must be >= 1, got {self.batch_chains}")
         if self.memory_budget_gb < 0:
             raise ValueError(f"compute.memory_budget_gb must be >= 0, got {self.memory_budget_gb}")
         if self.observation_dtype not in ("float32", "bfloat16"):

@@ -95,7 +95,7 @@ class SGLD(Optimizer):
 
     # -- the step ------------------------------------------------------------------------------
 
-    def _preconditioner(self, p: Tensor, grad: Tensor, group: dict) -> Tensor | None:
+    def _preconditioner(self, state: dict, grad: Tensor, group: dict) -> Tensor | None:
         """G for this step; None means G = 1 (plain SGLD)."""
         return None
 
@@ -107,35 +107,52 @@ class SGLD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, nbeta = group["lr"], group["nbeta"]
             for p in group["params"]:
                 state = self.state[p]
                 if p.grad is None or not state.get("active", True):
                     continue
-                anchor, mask = state["anchor"], state.get("mask")
-                force = p.grad.mul(nbeta)
-                if group["localization"]:
-                    force.add_(p - anchor, alpha=group["localization"])
-                if group["weight_decay"]:
-                    force.add_(p, alpha=group["weight_decay"])
-                precond = self._preconditioner(p, p.grad, group)
-                if precond is not None:
-                    force.mul_(precond)
-                if mask is not None:
-                    force.mul_(mask)
-                p.add_(force, alpha=-lr / 2)
-                if group["noise_level"]:
-                    noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
-                    noise.mul_(math.sqrt(lr) * group["noise_level"])
-                    if precond is not None:
-                        noise.mul_(precond.sqrt())
-                    if mask is not None:
-                        noise.mul_(mask)
-                    p.add_(noise)
-                if group["bounding_box"] is not None:
-                    b = group["bounding_box"]
-                    torch.clamp_(p, min=anchor - b, max=anchor + b)
+                self._update(p, p.grad, state, group, generator)
         return loss
+
+    @torch.no_grad()
+    def step_chain(self, tensors: list[tuple[Tensor, Tensor, dict]], generator: torch.Generator | None = None) -> None:
+        """One Langevin step of one chain whose weights live outside the model (batched chains).
+
+        ``tensors``: (value, gradient, state) per moving parameter, in the model's parameter order;
+        each state holds that chain's ``anchor`` and ``mask`` (and its own preconditioner
+        statistics). The arithmetic and the noise drawn are those of ``step`` on the same values.
+        """
+        for value, grad, state in tensors:
+            self._update(value, grad, state, self.param_groups[0], generator)
+
+    def chain_state(self, p: Tensor) -> dict:
+        """A fresh per-chain state for ``p`` (its anchor and mask), for ``step_chain``."""
+        return {"anchor": self.state[p]["anchor"], "mask": self.state[p].get("mask")}
+
+    def _update(self, p: Tensor, grad: Tensor, state: dict, group: dict, generator: torch.Generator | None) -> None:
+        lr, anchor, mask = group["lr"], state["anchor"], state.get("mask")
+        force = grad.mul(group["nbeta"])
+        if group["localization"]:
+            force.add_(p - anchor, alpha=group["localization"])
+        if group["weight_decay"]:
+            force.add_(p, alpha=group["weight_decay"])
+        precond = self._preconditioner(state, grad, group)
+        if precond is not None:
+            force.mul_(precond)
+        if mask is not None:
+            force.mul_(mask)
+        p.add_(force, alpha=-lr / 2)
+        if group["noise_level"]:
+            noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+            noise.mul_(math.sqrt(lr) * group["noise_level"])
+            if precond is not None:
+                noise.mul_(precond.sqrt())
+            if mask is not None:
+                noise.mul_(mask)
+            p.add_(noise)
+        if group["bounding_box"] is not None:
+            b = group["bounding_box"]
+            torch.clamp_(p, min=anchor - b, max=anchor + b)
 
     def _params(self):
         for group in self.param_groups:
@@ -158,10 +175,9 @@ class RMSPropSGLD(SGLD):
         for group in self.param_groups:
             group.update(alpha=alpha, eps=eps)
 
-    def _preconditioner(self, p: Tensor, grad: Tensor, group: dict) -> Tensor:
-        state = self.state[p]
+    def _preconditioner(self, state: dict, grad: Tensor, group: dict) -> Tensor:
         if "square_avg" not in state:
-            state["square_avg"] = torch.zeros_like(p)
+            state["square_avg"] = torch.zeros_like(grad)
         v = state["square_avg"]
         v.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
         return (v.sqrt() + group["eps"]).reciprocal_()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import register_pytree_node
 
 from .components import Component
 
@@ -39,6 +40,12 @@ class CachedPrefix:
     input_ids: Tensor
     hidden: Tensor
     start: int
+
+
+# A pytree, so that batched chains can stack and vmap it like a tensor (``start`` is static).
+register_pytree_node(CachedPrefix, lambda c: ([c.input_ids, c.hidden], c.start),
+                     lambda values, start: CachedPrefix(values[0], values[1], start),
+                     serialized_type_name="lit_susc.prefix.CachedPrefix")
 
 
 def component_start(model: nn.Module, component: Component) -> int | None:

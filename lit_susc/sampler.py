@@ -29,6 +29,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.data import DataLoader, Dataset
 
 from .components import Component
@@ -77,15 +78,17 @@ def unit_seed(seed: int, component_index: int, chain: int, stream: int) -> int:
 
 
 class ChainSchedule(Dataset):
-    """Steps of this rank's pending units, in order: item i -> {unit, step, data}.
+    """Steps of this rank's pending groups of chains, in order: item i -> {group, step, index, data}.
 
-    Ranks get the same number of items (idle items, ``unit = -1``, pad the shorter ones) because
-    Lightning's loop talks to all ranks at every step.
+    A group is up to ``compute.batch_chains`` chains of one component, stepped together; ``index``
+    and ``data`` hold each chain's minibatch (every chain keeps its own order). Ranks get the same
+    number of items (idle items, ``group = -1``, pad the shorter ones) because Lightning's loop
+    talks to all ranks at every step.
     """
 
-    def __init__(self, units: Sequence[Unit], steps_per_chain: int, sampling: list[Any], seed: int,
-                 length: int) -> None:
-        self.units, self.steps, self.sampling, self.seed, self.length = list(units), steps_per_chain, sampling, seed, length
+    def __init__(self, groups: Sequence[tuple[int, list[Unit]]], steps_per_chain: int, sampling: list[Any],
+                 seed: int, length: int) -> None:
+        self.groups, self.steps, self.sampling, self.seed, self.length = list(groups), steps_per_chain, sampling, seed, length
         self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -93,27 +96,46 @@ class ChainSchedule(Dataset):
 
     def _order(self, unit: Unit) -> np.ndarray:
         if unit.index not in self._orders:
+            if len(self._orders) > 64:
+                self._orders.clear()
             rng = np.random.default_rng(unit_seed(self.seed, unit.component_index, unit.chain, 1))
             n = len(self.sampling)
             reps = math.ceil(self.steps / n)
-            self._orders = {unit.index: np.concatenate([rng.permutation(n) for _ in range(reps)])}
+            self._orders[unit.index] = np.concatenate([rng.permutation(n) for _ in range(reps)])
         return self._orders[unit.index]
 
     def __getitem__(self, i: int) -> dict:
-        u, step = divmod(i, self.steps)
-        if u >= len(self.units):
-            return {"unit": -1, "step": step, "index": 0, "data": self.sampling[0]}
-        unit = self.units[u]
-        index = int(self._order(unit)[step])
-        return {"unit": unit.index, "step": step, "index": index, "data": self.sampling[index]}
+        g, step = divmod(i, self.steps)
+        if g >= len(self.groups):
+            return {"group": -1, "step": step, "index": [0], "data": [self.sampling[0]]}
+        group, units = self.groups[g]
+        index = [int(self._order(unit)[step]) for unit in units]
+        return {"group": group, "step": step, "index": index, "data": [self.sampling[j] for j in index]}
+
+
+class _Loss(nn.Module):
+    """The loss as a module, so that torch.func can call it with one chain's weights."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.loss_fn(self.model, batch)
 
 
 class SusceptibilitySampler(L.LightningModule):
     """Runs the (component, chain) units; callbacks turn its draws into chi, LLCs and traces.
 
-    ``training_step`` returns, for callbacks: ``unit`` (Unit or None when idle), ``step``,
-    ``minibatch_loss`` (the loss the step used), ``draw`` (None, or a dict with ``phi``,
-    ``ref_loss`` and ``obs_losses`` [T] float64) and ``unit_done``.
+    Chains of one component run in groups of ``compute.batch_chains``: a group of one steps the
+    model's own weights; a larger group keeps its chains' copies of the component's parameters
+    stacked and steps them as one batched forward/backward (``torch.func.vmap`` of
+    ``functional_call``), each chain with its own minibatches and noise, as if run alone.
+
+    ``training_step`` returns ``{"chains": [...]}``, for callbacks one dict per chain of the step
+    (none when the rank is idle): ``unit``, ``step``, ``minibatch_loss`` (the loss the step used),
+    ``draw`` (None, or a dict with ``phi``, ``ref_loss`` and ``obs_losses`` [T] float64) and
+    ``unit_done``.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, components: dict[str, Component],
@@ -127,11 +149,15 @@ class SusceptibilitySampler(L.LightningModule):
         self.component_names = list(components)
         self.units = [Unit(i * sgld.chains + k, i, name, k)
                       for i, name in enumerate(self.component_names) for k in range(sgld.chains)]
-        self.current: Unit | None = None
+        size = min(self.compute.batch_chains, sgld.chains)
+        self.groups = [self.units[i * sgld.chains + k:i * sgld.chains + min(k + size, sgld.chains)]
+                       for i in range(len(self.component_names)) for k in range(0, sgld.chains, size)]
+        self._stacked: dict[str, Tensor] | None = None
+        self._chain_states: list[dict[str, dict]] = []
+        self._generators: list[torch.Generator] = []
         self.ref_loss_star: Tensor | None = None
         self.observation_losses_star: Tensor | None = None
         self.observation_shape: tuple[int, ...] | None = None
-        self._generator: torch.Generator | None = None
         self._params = dict(model.named_parameters())
         self._requires_grad = {n: p.requires_grad for n, p in self._params.items()}
 
@@ -155,7 +181,8 @@ class SusceptibilitySampler(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         world = self.trainer.world_size
-        pending = [[u for u in self.units if u.index % world == r and not self.is_done(u)] for r in range(world)]
+        pending = [[(g, units) for g, units in enumerate(self.groups)
+                    if g % world == r and not all(self.is_done(u) for u in units)] for r in range(world)]
         mine = pending[self.global_rank]
         length = max(1, max(len(p) for p in pending) * self.sgld.steps_per_chain)
         schedule = ChainSchedule(mine, self.sgld.steps_per_chain, self.data.sampling, self.sgld.seed, length)
@@ -166,6 +193,11 @@ class SusceptibilitySampler(L.LightningModule):
         # deterministic loss. Observation data stays on the device for the whole run.
         self._reference = self._to_device(self.data.reference)
         self._observation = [self._to_device(b) for b in self.data.observation]
+        shapes = {tuple(tuple(x.shape) for x in tree_leaves(b)) for b in self.data.sampling}
+        if len(self.groups) < len(self.units) and len(shapes) > 1:
+            raise ValueError(f"compute.batch_chains={self.compute.batch_chains} stacks the chains' minibatches, but "
+                             f"the sampling minibatches come in {len(shapes)} shapes; give minibatches of one shape "
+                             "(e.g. a number of sampling contexts divisible by the batch size) or batch_chains: 1")
         if self.compute.prefix_cache and getattr(self.loss_fn, "accepts_cached_prefix", False):
             count = lambda batches: [b.numel() for b in batches]  # noqa: E731
             self.prefix = PrefixCache(self.model, self.compute.budget_bytes, {
@@ -176,9 +208,9 @@ class SusceptibilitySampler(L.LightningModule):
                 print(f"lit-susc: {plan}")
         with torch.no_grad():
             self.model.eval()
-            self.ref_loss_star = self.reference_loss()
-            obs = self.observation_losses()
-        self.observation_losses_star = obs.double()
+            self.ref_loss_star = self.reference_losses()[0]
+            obs = self.observation_losses()[0]
+        self.observation_losses_star = obs
         if not torch.isfinite(self.ref_loss_star):
             raise FloatingPointError(f"the reference loss at w* is {self.ref_loss_star.item()}: the trained point "
                                      "must have a finite loss (check the model weights and the data)")
@@ -191,73 +223,108 @@ class SusceptibilitySampler(L.LightningModule):
         self.model.eval()
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
-        if batch["unit"] < 0:
-            return {"unit": None, "step": batch["step"], "minibatch_loss": None, "draw": None, "unit_done": False}
-        unit, step = self.units[batch["unit"]], batch["step"]
+        if batch["group"] < 0:
+            return {"chains": []}
+        units, step = self.groups[batch["group"]], batch["step"]
         if step == 0:
-            self._begin_unit(unit)
+            self._begin_group(units)
         opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model, self._view("sampling", batch["index"], batch["data"])).mean()
-        self.manual_backward(loss)
-        opt.step(generator=self._generator)
-        draw = None
+        views = [self._view("sampling", i, data) for i, data in zip(batch["index"], batch["data"])]
+        if self._stacked is None:
+            opt.zero_grad(set_to_none=True)
+            losses = self.loss_fn(self.model, views[0]).mean()[None]
+            self.manual_backward(losses.sum())
+            opt.step(generator=self._generators[0])
+        else:
+            for value in self._stacked.values():
+                value.grad = None
+            stacked = tree_map(lambda *xs: torch.stack(xs), *views)
+            losses = self._chain_losses(stacked, mapped=True).flatten(1).mean(1)
+            self.manual_backward(losses.sum())
+            for k, generator in enumerate(self._generators):
+                opt.optimizer.step_chain([(value[k], value.grad[k], self._chain_states[k][name])
+                                          for name, value in self._stacked.items()], generator=generator)
+        draws = [None] * len(units)
         if self.sgld.is_draw(step):
             with torch.no_grad():
-                ref = self.reference_loss()
-                draw = {"ref_loss": ref, "phi": ref - self.ref_loss_star, "obs_losses": self.observation_losses()}
+                ref, obs = self.reference_losses(), self.observation_losses()
+            draws = [{"ref_loss": ref[k], "phi": ref[k] - self.ref_loss_star, "obs_losses": obs[k]}
+                     for k in range(len(units))]
         done = step == self.sgld.steps_per_chain - 1
-        return {"unit": unit, "step": step, "minibatch_loss": loss.detach(), "draw": draw, "unit_done": done}
+        return {"chains": [{"unit": unit, "step": step, "minibatch_loss": losses[k].detach(), "draw": draws[k],
+                            "unit_done": done} for k, unit in enumerate(units)]}
 
     def on_train_batch_end(self, outputs: dict, batch: Any, batch_idx: int) -> None:
         # Callbacks have saved their part of the unit by now (their hooks run first).
-        if outputs["unit_done"]:
-            unit = outputs["unit"]
-            path = self.unit_dir(unit)
-            path.mkdir(parents=True, exist_ok=True)
-            tmp = path / "done.json.tmp"
-            tmp.write_text(json.dumps({"component": unit.component, "chain": unit.chain}))
-            tmp.replace(path / "done.json")
+        for chain in outputs["chains"]:
+            if chain["unit_done"]:
+                unit = chain["unit"]
+                path = self.unit_dir(unit)
+                path.mkdir(parents=True, exist_ok=True)
+                tmp = path / "done.json.tmp"
+                tmp.write_text(json.dumps({"component": unit.component, "chain": unit.chain}))
+                tmp.replace(path / "done.json")
 
     def on_train_end(self) -> None:
         # Hand the model back as it came: at w*, with its own requires_grad flags.
         self.optimizers().optimizer.restore_anchor()
+        self._stacked = None
         for name, p in self._params.items():
             p.requires_grad_(self._requires_grad[name])
 
     # -- the pieces ---------------------------------------------------------------------------
 
-    def _begin_unit(self, unit: Unit) -> None:
-        self.current = unit
+    def _begin_group(self, units: list[Unit]) -> None:
         opt = self.optimizers().optimizer
         opt.restore_anchor()
-        comp = self.components[unit.component]
-        for name, p in self._params.items():
-            p.requires_grad_(name in comp)
+        comp = self.components[units[0].component]
         opt.restrict({self._params[n]: m for n, m in comp.items()})
         if self.prefix is not None:
             self.prefix.begin(comp)
-        self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(unit_seed(self.sgld.seed, unit.component_index, unit.chain, 0))
+        self._generators = []
+        for unit in units:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(unit_seed(self.sgld.seed, unit.component_index, unit.chain, 0))
+            self._generators.append(generator)
+        for name, p in self._params.items():
+            p.requires_grad_(len(units) == 1 and name in comp)
+        if len(units) == 1:
+            self._stacked = None
+            return
+        # The chains' own copies of the component's parameters (in the model's order: the order in
+        # which a lone chain's optimizer draws its noise); the model itself stays at w*.
+        names = [n for n in self._params if n in comp]
+        self._stacked = {n: self._params[n].detach().unsqueeze(0).repeat(len(units), *[1] * self._params[n].dim())
+                         .requires_grad_(True) for n in names}
+        self._chain_states = [{n: opt.chain_state(self._params[n]) for n in names} for _ in units]
+
+    def _chain_losses(self, batch: Any, mapped: bool = False) -> Tensor:
+        """Every chain's losses on ``batch`` (one batch per chain when ``mapped``): [chains, *loss shape]."""
+        if self._stacked is None:
+            return self.loss_fn(self.model, batch)[None]
+        params = {f"model.{n}": v for n, v in self._stacked.items()}
+        loss = _Loss(self.model, self.loss_fn)
+        return torch.func.vmap(lambda p, b: torch.func.functional_call(loss, p, (b,)),
+                                in_dims=(0, 0 if mapped else None))(params, batch)
 
     def _view(self, kind: str, index: int, batch: Any) -> Any:
         """The batch as the loss reads it: its cached prefix when there is one."""
         return batch if self.prefix is None else self.prefix.view(kind, index, batch)
 
-    def reference_loss(self) -> Tensor:
-        """L_ref(w): mean loss over the reference batch, float64."""
-        return self.loss_fn(self.model, self._view("reference", 0, self._reference)).double().mean()
+    def reference_losses(self) -> Tensor:
+        """L_ref(w) of every chain of the group: mean loss over the reference batch, float64 [chains]."""
+        return self._chain_losses(self._view("reference", 0, self._reference)).double().flatten(1).mean(1)
 
     def observation_losses(self) -> Tensor:
-        """Per-sample / per-token losses of all observation batches, flattened, float64.
+        """Per-sample / per-token losses of all observation batches, flattened, float64 [chains, T].
 
         With ``compute.observation_dtype: bfloat16`` the forward pass runs under autocast."""
         low = self.compute.observation_dtype == "bfloat16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
-            losses = [self.loss_fn(self.model, self._view("observation", i, b)) for i, b in enumerate(self._observation)]
+            losses = [self._chain_losses(self._view("observation", i, b)) for i, b in enumerate(self._observation)]
         if self.observation_shape is None:
-            self.observation_shape = (sum(x.shape[0] for x in losses), *losses[0].shape[1:])
-        return torch.cat([x.reshape(-1) for x in losses]).double()
+            self.observation_shape = (sum(x.shape[1] for x in losses), *losses[0].shape[2:])
+        return torch.cat([x.flatten(1) for x in losses], dim=1).double()
 
     def _to_device(self, batch: Any) -> Any:
         return self.trainer.strategy.batch_to_device(batch, self.device) if self._trainer is not None else batch
