@@ -21,23 +21,13 @@ import time
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from timing import timed
+
 from lit_susc.components import discover_components
 from lit_susc.config import SGLDConfig
 from lit_susc.lm import per_token_loss
 from lit_susc.prefix import PrefixCache
 
-
-def timed(fn, repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -68,7 +58,7 @@ def main() -> None:
           f"minibatch {args.batch}x{args.context}, device {device}, threads {torch.get_num_threads()}")
 
     with torch.no_grad():
-        plain_obs = timed(lambda: [per_token_loss(model, b) for b in observation], args.repeats, device)
+        plain_obs = timed(lambda: [per_token_loss(model, b) for b in observation], device, args.repeats)
 
     def plain_full_step():
         model.zero_grad(set_to_none=True)
@@ -76,7 +66,7 @@ def main() -> None:
 
     for p in params.values():
         p.requires_grad_(True)
-    plain_full = timed(plain_full_step, args.repeats, device)
+    plain_full = timed(plain_full_step, device, args.repeats)
 
     sgld = SGLDConfig(lr=1e-6, nbeta=10.0, localization=300.0)
     optimizer = sgld.make_optimizer(list(params.values()))
@@ -92,7 +82,7 @@ def main() -> None:
         with torch.no_grad():
             obs_views = [cache.view("observation", i, b) for i, b in enumerate(observation)]
             batch = cache.view("sampling", 0, minibatch)
-            cached_obs = timed(lambda: [per_token_loss(model, v) for v in obs_views], args.repeats, device)
+            cached_obs = timed(lambda: [per_token_loss(model, v) for v in obs_views], device, args.repeats)
 
         def part_step():
             model.zero_grad(set_to_none=True)
@@ -103,8 +93,8 @@ def main() -> None:
             per_token_loss(model, batch).mean().backward()
             optimizer.step()
 
-        part = timed(part_step, args.repeats, device)
-        step = timed(sgld_step, args.repeats, device)
+        part = timed(part_step, device, args.repeats)
+        step = timed(sgld_step, device, args.repeats)
         optimizer.restore_anchor()
         rows.append((name, cached_obs / plain_obs, step / part, step / plain_full))
 

@@ -21,8 +21,10 @@ import lightning as L
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from timing import timed
+
 from lit_susc.components import discover_components, select_components
-from lit_susc.config import SGLDConfig
+from lit_susc.config import ComputeConfig, SGLDConfig
 from lit_susc.engine import make_trainer
 from lit_susc.lm import per_token_loss
 from lit_susc.sampler import SamplingData, SusceptibilitySampler
@@ -46,18 +48,6 @@ class StepTimer(L.Callback):
         self._last = now
 
 
-def timed(fn, repeats: int, device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +58,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--obs-contexts", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--prefix-cache", action="store_true",
+                    help="run the chains with prefix caching (off: the engine's overhead on the full model; "
+                         "benchmarks/bench_prefix.py measures caching per component)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -86,7 +79,8 @@ def main() -> None:
     data = SamplingData(sampling=batches, observation=[obs], reference=batches[0])
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as run_dir:
-        module = SusceptibilitySampler(model, per_token_loss, comps, data, sgld, run_dir)
+        module = SusceptibilitySampler(model, per_token_loss, comps, data, sgld, run_dir,
+                                       ComputeConfig(prefix_cache=args.prefix_cache))
         trainer = make_trainer({"accelerator": device.type, "enable_progress_bar": False, "callbacks": [timer]},
                                run_dir)
         trainer.fit(module)
@@ -114,9 +108,9 @@ def main() -> None:
     # Interleaved, so that load on the machine hits both sides alike.
     fb, fwd, obs_pass = [], [], []
     for _ in range(10):
-        fb.append(timed(forward_backward, 1, device))
-        fwd.append(timed(forward, 1, device))
-        obs_pass.append(timed(observation_pass, 1, device))
+        fb.append(timed(forward_backward, device, 1))
+        fwd.append(timed(forward, device, 1))
+        obs_pass.append(timed(observation_pass, device, 1))
     fb, fwd, obs_pass = (statistics.median(x) for x in (fb, fwd, obs_pass))
     step = statistics.median(timer.steps)
     draw = statistics.median(timer.draws) - step  # a draw batch also takes one SGLD step
