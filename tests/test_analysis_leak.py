@@ -9,12 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import run
 from lit_susc.analysis import LeakConfig, knn_jaccard, linear_cka, plot_leak, run_leak_check
 from lit_susc.aux import AuxBundle, SplitConfig, document_split
 from lit_susc.aux.cli import main as aux_main
 from lit_susc.aux.fit import observation_contexts
-from tiny_runs import sample_config, short_documents
+from tiny_runs import run_sample, short_documents
 from tiny_runs import write_yaml as write
 from lit_susc.tinylm import load_causal_lm
 
@@ -28,9 +27,7 @@ def work(tiny_lm_dir, tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("leak")
     docs = short_documents(tmp / "docs")
-    sample = sample_config(tiny_lm_dir, docs, CONTEXT, OBSERVED)
-    sample["model"]["output_dir"] = str(tmp / "run")
-    run.main(["sample", "--config", str(write(tmp / "sample.yaml", sample))])
+    run_sample(tiny_lm_dir, docs, tmp / "run", CONTEXT, OBSERVED)
     fit = {"trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False},
            "susceptibilities": str(tmp / "run"), "output_dir": str(tmp / "aux"), "batch_size": 16,
            "split": {"val_fraction": 0.25}}

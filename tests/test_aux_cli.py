@@ -10,11 +10,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-import run
 from lit_susc import read_chi
 from lit_susc.aux import AuxBundle, PCABasis, read_pcs, read_tokens
 from lit_susc.aux.cli import main as aux_main
-from tiny_runs import sample_config, short_documents
+from tiny_runs import run_sample, short_documents
 from tiny_runs import write_yaml as write
 
 CONTEXT, OBSERVED = 16, 8
@@ -27,9 +26,7 @@ def work(tiny_lm_dir, tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("aux")
     docs = short_documents(tmp / "docs")
-    sample = sample_config(tiny_lm_dir, docs, CONTEXT, OBSERVED)
-    sample["model"]["output_dir"] = str(tmp / "run")
-    run.main(["sample", "--config", str(write(tmp / "sample.yaml", sample))])
+    run_sample(tiny_lm_dir, docs, tmp / "run", CONTEXT, OBSERVED)
     aux_main(["fit", "--config", str(fit_config(tmp / "fit.yaml", tmp / "run", tmp / "aux"))])
     aux_main(["predict", "--config", str(predict_config(tmp / "predict.yaml", tmp / "aux", tmp / "pred", docs))])
     return tmp

@@ -28,3 +28,13 @@ def sample_config(tiny_lm_dir, source, context: int, observed: int) -> dict:
 def write_yaml(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def run_sample(tiny_lm_dir, source, run_dir: Path, context: int, observed: int) -> Path:
+    """``run.py sample`` on the tiny LM (``sample_config``) into ``run_dir``; its config beside it."""
+    import run
+
+    config = sample_config(tiny_lm_dir, source, context, observed)
+    config["model"]["output_dir"] = str(run_dir)
+    run.main(["sample", "--config", str(write_yaml(run_dir.with_name(run_dir.name + ".yaml"), config))])
+    return run_dir
