@@ -86,13 +86,14 @@ How devinterp's estimator differs from lit-susc's (read from devinterp 2.0.1's s
     the covariance ("f32 err/|cov|"). lit-susc keeps float64 sums of losses relative to w*.
 
 Findings on this machine (2 shared CPU cores, torch 2.13.0+cpu, 1 thread each, warm-up excluded):
-  * default command (11 components + full, 2 chains x 30 draws): devinterp 126 s / 122 s, lit-susc
-    66 s / 61 s (runs A / B): 1.95x wall, 1.96x CPU for the same work, 2.3x when lit-susc skips the
-    full run it does not need; 1.65x if devinterp's init-loss pass (~19 s) is not counted. Per
-    component (CPU): layer-0 heads and MLP 11 s vs 7.3 s (1.5x: the same forward/backward, lit-susc
-    saves only devinterp's overheads), layer-3 ones 9.6 s vs 3.1 s (3.1x: lit-susc's prefix cache
-    skips blocks 0-2), unembed 9.2 s vs 2.8 s (3.3x). The 3x goal is met for late-layer components
-    only; ``--lit-batch-chains 2`` does not help on CPU (65.6 s).
+  * default command (11 components + full, 2 chains x 30 draws; 7 min in all): devinterp 137 s /
+    139 s, lit-susc 66 s / 71 s (runs A / B; CPU time within 1% of wall): 2.0x for the same work,
+    2.35x when lit-susc skips the full run it does not need, 1.7x if devinterp's init-loss pass
+    (~21 s) is not counted; repeated runs vary by ~10% with the machine's other load (1.95x-2.07x).
+    Per component (CPU): layer-0 heads and MLP 11-12 s vs 7-8 s (1.5x: the same forward/backward;
+    lit-susc only avoids devinterp's overheads), layer-3 ones 9.4-14.6 s vs 3.2-3.8 s (~3x:
+    lit-susc's prefix cache skips blocks 0-2), unembed 9.7 s vs 2.6 s (3.7x). The 3x goal is met
+    for late-layer components only; ``--lit-batch-chains 2`` does not help on CPU (65.6 s).
   * agreement, default command: median over components of Pearson(lit-susc, devinterp recentred)
     0.13, against a seed-to-seed self-agreement of 0.19 (lit-susc) and 0.09 (devinterp): 60 draws
     per component leave per-token chi mostly chain noise, for both tools alike; the cross-tool
@@ -116,13 +117,15 @@ Findings on this machine (2 shared CPU cores, torch 2.13.0+cpu, 1 thread each, w
     offset L(w*) - init_loss: with its default 32 init batches here init_loss = 4.814 > L_ref(w*)
     = 4.740 and a head's E_C[phi] < 0; with ``--devinterp-init-batches 1`` init_loss = 4.697 and
     every head's output flips sign (r with lit-susc +0.22 instead of -0.22 at 800 draws; and with
-    one init batch, runs A and B use different first batches and correlate -0.91 with each other).
+    one init batch, runs A and B use different first batches: their head outputs correlate -0.91
+    at 60 draws, -0.99 at 800).
     Its float32 evaluation is not the problem: round-off is <= 4% of the covariance.
   Why the default median is below 0.8: chain noise, not a disagreement. Both tools' estimates of
   the exact covariance have seed-to-seed Pearson ~0.1-0.2 at 60 draws per component; every
   cross-tool Pearson is bounded by that ceiling, and reaches it. With 800 draws the ceiling is
   ~0.8 and the cross-tool median is at it. Comparing with devinterp's returned numbers instead
-  gives ~0 at any number of draws, because they centre differently (above), not because of noise.
+  gives |r| <= 0.3 of arbitrary sign at any number of draws, because they centre differently
+  (above), not because of noise.
 """
 
 from __future__ import annotations
