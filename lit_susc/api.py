@@ -83,12 +83,10 @@ def estimate_bif(
     if not train or not query:
         raise ValueError("estimate_bif needs at least one batch of training samples and one of queries")
 
-    def n_losses(batches) -> int:
-        with torch.no_grad():
-            return sum(loss_fn(model, b).numel() for b in batches)
-
-    n_train = n_losses(train)
-    granularity = "token" if loss_fn(model, train[0]).dim() > 1 else "sample"
+    with torch.no_grad():  # one pass over the training batches gives their loss count and shape
+        shapes = [loss_fn(model, b).shape for b in train]
+    n_train = sum(shape.numel() for shape in shapes)
+    granularity = "token" if len(shapes[0]) > 1 else "sample"
     return _run(model, loss_fn, sampling_data, train + query, components, sgld, trainer, reference_data, run_dir,
                 compute, bif_callbacks(n_train), lambda module, lt: run_bif(module, lt, granularity=granularity, top_k=top_k))
 
