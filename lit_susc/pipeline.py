@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -303,9 +303,6 @@ class Pipeline:
         if predicted < MIN_UPSAMPLING * sampled:
             raise ValueError(f"aux_predict produced {predicted} tokens, fewer than {MIN_UPSAMPLING}x the {sampled} "
                              "sampled ones: the data source ran out; give aux_predict.data a larger source")
-
-    def describe(self) -> dict:
-        return {"output_dir": str(self.out), "stages": self.stages, "wandb": asdict(self.config.wandb)}
 
 
 def main(argv: list[str] | None = None) -> Path:
