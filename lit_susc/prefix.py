@@ -7,10 +7,21 @@ first block is l reads that batch), kept on the device, and the loss runs from b
     full:    embed -> block 0 .. block L-1 -> final norm -> head -> per-token cross-entropy
     cached:           h_l (stored) -> block l .. block L-1 -> final norm -> head -> cross-entropy
 
+Within block l, a branch the component does not touch is constant too. A GPT-NeoX block with a
+parallel residual (Pythia) computes
+
+    h_{l+1} = mlp(ln2(h_l)) + attn(ln1(h_l)) + h_l,
+
+so a head's chains never change the MLP branch, and an MLP's chains never change the attention
+branch; with a sequential residual an MLP's chains never change the attention output. That
+branch's output is stored beside h_l and block l skips it (``Cut.constant``). This also gives
+block-0 components a saving.
+
 Forward and backward both start at block l. The output head alone (``unembed``) stores the final
 normed hidden state and runs only the head and the loss; the embedding gets no saving. The values
-are the same as the full pass's (block l receives the very tensor the full pass would give it),
-so chi does not change beyond floating-point noise (``tests/test_prefix_cache.py``).
+are the same as the full pass's (block l and the sum of its branches receive the very tensors the
+full pass would give them), so chi does not change beyond floating-point noise
+(``tests/test_prefix_cache.py``).
 
 Which batches are kept is planned from a memory budget, observation batches first (they are read
 at every draw), then the reference batch, then the SGLD minibatches of the sampling pool; a batch
@@ -20,7 +31,10 @@ that does not fit runs the full model. Supported: GPT-NeoX (Pythia); other model
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,42 +42,95 @@ from torch.utils._pytree import register_pytree_node
 
 from .components import Component
 
-_BLOCK = re.compile(r"gpt_neox\.layers\.(\d+)\.")
+_PARAM = re.compile(r"gpt_neox\.layers\.(\d+)\.(\w+?)\.")
 _HEAD = ("lm_head.", "embed_out.")
+Branch = Literal["attention", "mlp"]
+# A constant branch: (its norm, its module) in a GPT-NeoX block.
+_BRANCH_MODULES = {"attention": ("input_layernorm", "attention"), "mlp": ("post_attention_layernorm", "mlp")}
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a component's chains start computing: block ``start`` (n_layers: the final norm's
+    output), with the branch ``constant`` of that block kept at w* (None: the whole block runs)."""
+
+    start: int
+    constant: Branch | None = None
 
 
 @dataclass(frozen=True)
 class CachedPrefix:
     """A batch of token ids with the residual stream entering block ``start`` at w* (start == n_layers:
-    the final norm's output)."""
+    the final norm's output) and, when ``constant`` is set, that branch's output in block ``start``."""
 
     input_ids: Tensor
     hidden: Tensor
     start: int
+    branch: Tensor | None = None
+    constant: Branch | None = None
 
 
-# A pytree, so that batched chains can stack and vmap it like a tensor (``start`` is static).
-register_pytree_node(CachedPrefix, lambda c: ([c.input_ids, c.hidden], c.start),
-                     lambda values, start: CachedPrefix(values[0], values[1], start),
+# A pytree, so that batched chains can stack and vmap it like a tensor (start and constant are static;
+# the branch is a leaf only when there is one, since vmap takes no None leaves).
+register_pytree_node(CachedPrefix, lambda c: ([c.input_ids, c.hidden, *([c.branch] if c.constant else [])],
+                                              (c.start, c.constant)),
+                     lambda values, context: CachedPrefix(values[0], values[1], context[0],
+                                                          values[2] if context[1] else None, context[1]),
                      serialized_type_name="lit_susc.prefix.CachedPrefix")
 
 
-def component_start(model: nn.Module, component: Component) -> int | None:
-    """The first block holding a parameter of ``component`` (n_layers for the output head alone),
-    or None when nothing before the component can be cached (the embedding, an unknown layout)."""
+def component_cut(model: nn.Module, component: Component) -> Cut | None:
+    """Where ``component``'s chains start: its first block (n_layers for the output head alone) and
+    the branch of that block it leaves constant; None when nothing can be cached (the embedding, a
+    block-0 component touching both branches, an unknown layout)."""
     if getattr(model.config, "model_type", None) != "gpt_neox":
         return None
-    n_layers, starts = model.config.num_hidden_layers, []
+    n_layers, places = model.config.num_hidden_layers, []
     for name in component:
-        match = _BLOCK.match(name)
+        match = _PARAM.match(name)
         if match:
-            starts.append(int(match.group(1)))
+            places.append((int(match.group(1)), match.group(2)))
         elif name.startswith(_HEAD):
-            starts.append(n_layers)
+            places.append((n_layers, "head"))
         else:
             return None
-    start = min(starts)
-    return None if start == 0 else start
+    start = min(block for block, _ in places)
+    touched = {part for block, part in places if block == start}
+    constant: Branch | None = None
+    if touched == {"mlp"}:
+        constant = "attention"
+    elif touched == {"attention"} and model.config.use_parallel_residual:
+        constant = "mlp"
+    if start == 0 and constant is None:
+        return None
+    return Cut(start, constant)
+
+
+class _Constant(nn.Module):
+    """A branch module replaced by its stored output (attention modules return (output, weights))."""
+
+    def __init__(self, value: Tensor, pair: bool) -> None:
+        super().__init__()
+        self.value, self.pair = value, pair
+
+    def forward(self, *args, **kwargs):
+        return (self.value, None) if self.pair else self.value
+
+
+@contextmanager
+def _branch_replaced(block: nn.Module, constant: Branch | None, value: Tensor | None) -> Iterator[None]:
+    if constant is None:
+        yield
+        return
+    norm, module = _BRANCH_MODULES[constant]
+    saved = getattr(block, norm), getattr(block, module)
+    setattr(block, norm, nn.Identity())
+    setattr(block, module, _Constant(value, pair=constant == "attention"))
+    try:
+        yield
+    finally:
+        setattr(block, norm, saved[0])
+        setattr(block, module, saved[1])
 
 
 def trunk_hidden(model: nn.Module, batch: Tensor | CachedPrefix) -> Tensor:
@@ -76,18 +143,23 @@ def trunk_hidden(model: nn.Module, batch: Tensor | CachedPrefix) -> Tensor:
     blocks = base.layers
     base.layers = blocks[batch.start:]  # the model's own forward, over the blocks from start on
     try:
-        return base(inputs_embeds=batch.hidden, use_cache=False).last_hidden_state
+        with _branch_replaced(blocks[batch.start], batch.constant, batch.branch):
+            return base(inputs_embeds=batch.hidden, use_cache=False).last_hidden_state
     finally:
         base.layers = blocks
 
 
-class PrefixCache:
-    """The cached prefixes of the current component's first block, within a memory budget.
+class _Stop(Exception):
+    """Ends a forward pass once the tensors it was run for are captured."""
 
-    ``begin(component)`` at the start of each chain keeps the cache when the first block is the
-    same as the previous component's, and empties it otherwise. ``view(kind, index, batch)``
-    returns the batch's ``CachedPrefix`` (computing and storing it when the plan allows) or the
-    batch itself.
+
+class PrefixCache:
+    """The cached prefixes of the current component's cut, within a memory budget.
+
+    ``begin(component)`` at the start of each chain keeps the stored hidden states while the first
+    block is the previous component's, and the stored branch outputs while the cut is the same.
+    ``view(kind, index, batch)`` returns the batch's ``CachedPrefix`` (computing and storing it when
+    the plan allows) or the batch itself.
     """
 
     KINDS = ("observation", "reference", "sampling")
@@ -96,14 +168,16 @@ class PrefixCache:
         """``counts[kind]``: token counts (contexts x length) of each batch of that kind, in order."""
         self.model, self.budget = model, budget_bytes
         self.counts = counts
-        self.start: int | None = None
-        self._store: dict[tuple[str, int], CachedPrefix] = {}
+        self.cut: Cut | None = None
+        self._hidden: dict[tuple[str, int], Tensor] = {}
+        self._branch: dict[tuple[str, int], Tensor] = {}
         self._allowed: set[tuple[str, int]] = set()
         self.plan_bytes = 0
 
     def plan(self) -> str:
-        """Which batches get cached: observation, then reference, then sampling, until the budget is used."""
-        width = self.model.config.hidden_size * torch.finfo(self.model.dtype).bits // 8
+        """Which batches get cached: observation, then reference, then sampling, until the budget is used.
+        A batch costs two hidden states per token (the block input and a branch output)."""
+        width = 2 * self.model.config.hidden_size * torch.finfo(self.model.dtype).bits // 8
         used, allowed, report = 0, set(), []
         for kind in self.KINDS:
             kept = 0
@@ -119,32 +193,74 @@ class PrefixCache:
                 f"({', '.join(report)})")
 
     def begin(self, component: Component) -> None:
-        start = component_start(self.model, component)
-        if start != self.start:
-            self._store.clear()
-            self.start = start
+        cut = component_cut(self.model, component)
+        if cut is None or self.cut is None or cut.start != self.cut.start:
+            self._hidden.clear()
+        if cut != self.cut:
+            self._branch.clear()
+        self.cut = cut
 
     def view(self, kind: str, index: int, batch: Tensor) -> Tensor | CachedPrefix:
-        if self.start is None:
+        cut = self.cut
+        if cut is None:
             return batch
-        key = (kind, index)
-        cached = self._store.get(key)
-        if cached is not None:
-            return cached
-        cached = CachedPrefix(input_ids=batch, hidden=self._prefix(batch), start=self.start)
-        if key in self._allowed:
-            self._store[key] = cached
-        return cached
+        key, keep = (kind, index), (kind, index) in self._allowed
+        hidden = self._hidden.get(key)
+        if hidden is None:
+            hidden = self._prefix(batch)
+            if keep:
+                self._hidden[key] = hidden
+        branch = None
+        if cut.constant is not None:
+            branch = self._branch.get(key)
+            if branch is None:
+                branch = self._branch_output(hidden)
+                if keep:
+                    self._branch[key] = branch
+        return CachedPrefix(input_ids=batch, hidden=hidden, start=cut.start, branch=branch, constant=cut.constant)
+
+    # The blocks below the cut never move during the chain, so computing these at any step equals w*'s.
 
     @torch.no_grad()
     def _prefix(self, input_ids: Tensor) -> Tensor:
-        # The blocks below start never move during the chain, so computing this at any step equals w*'s.
-        if self.start == self.model.config.num_hidden_layers:
-            return self.model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
-        from .aux.features import ResidualFeatures  # here: lit_susc.aux imports lit_susc.lm, which imports this
+        """The residual stream entering block ``cut.start`` (the final norm's output past the last block)."""
+        base = self.model.base_model
+        if self.cut.start == self.model.config.num_hidden_layers:
+            return base(input_ids=input_ids, use_cache=False).last_hidden_state
+        captured = []
 
-        capture = ResidualFeatures(self.model, [self.start])
+        def take(module, args, kwargs):
+            captured.append(args[0] if args else kwargs["hidden_states"])
+            raise _Stop
+
+        handle = base.layers[self.cut.start].register_forward_pre_hook(take, with_kwargs=True)
         try:
-            return capture(input_ids)
+            base(input_ids=input_ids, use_cache=False)
+        except _Stop:
+            pass
         finally:
-            capture.remove()
+            handle.remove()
+        return captured[0]
+
+    @torch.no_grad()
+    def _branch_output(self, hidden: Tensor) -> Tensor:
+        """The output of block ``cut.start``'s constant branch, given the block's input ``hidden``."""
+        base, start = self.model.base_model, self.cut.start
+        module = getattr(base.layers[start], _BRANCH_MODULES[self.cut.constant][1])
+        captured = []
+
+        def take(module, args, output):
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _Stop
+
+        handle = module.register_forward_hook(take)
+        blocks = base.layers
+        base.layers = blocks[start:start + 1]
+        try:
+            base(inputs_embeds=hidden, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+            base.layers = blocks
+        return captured[0]
