@@ -139,17 +139,15 @@ class SGLD(Optimizer):
         precond = self._preconditioner(state, grad, group)
         if precond is not None:
             force.mul_(precond)
+        if group["noise_level"]:
+            # The noise joins the drift before the mask and the update: one pass fewer over each.
+            noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+            if precond is not None:
+                noise.mul_(precond.sqrt())
+            force.add_(noise, alpha=-2 * group["noise_level"] / math.sqrt(lr))  # -(lr/2) * this = sqrt(lr) * noise
         if mask is not None:
             force.mul_(mask)
         p.add_(force, alpha=-lr / 2)
-        if group["noise_level"]:
-            noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
-            noise.mul_(math.sqrt(lr) * group["noise_level"])
-            if precond is not None:
-                noise.mul_(precond.sqrt())
-            if mask is not None:
-                noise.mul_(mask)
-            p.add_(noise)
         if group["bounding_box"] is not None:
             b = group["bounding_box"]
             torch.clamp_(p, min=anchor - b, max=anchor + b)

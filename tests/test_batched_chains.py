@@ -37,8 +37,10 @@ def _mlp_run(batch_chains, sampler="sgld", sampling=None):
 def test_batched_chains_equal_chains_run_alone(sampler):
     alone, batched = _mlp_run(1, sampler), _mlp_run(3, sampler)
     _close(batched.chi, alone.chi)
+    # The LLC, nbeta * (E[L] - L(w*)), is a small difference of losses of size ~1: float32 rounding of the
+    # losses (~1e-7) times nbeta = 10 bounds its absolute error.
     for name in alone.llc:
-        assert batched.llc[name]["per_chain"] == pytest.approx(alone.llc[name]["per_chain"], rel=1e-5)
+        assert batched.llc[name]["per_chain"] == pytest.approx(alone.llc[name]["per_chain"], rel=1e-5, abs=1e-6)
 
 
 def test_uneven_groups_of_chains_equal_chains_run_alone():
