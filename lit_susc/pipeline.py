@@ -69,6 +69,10 @@ class PipelineConfig:
 
     output_dir: str = "runs/pipeline"
     """Where every stage writes its directory."""
+    threads: int | None = None
+    """CPU threads of each stage's process (OMP_NUM_THREADS and MKL_NUM_THREADS, which torch's intra-op
+    pool follows); None: as the environment sets them. On a small machine shared with other jobs, 1 is
+    often fastest: threads that outnumber free cores slow every step. Not part of any stage's identity."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     sample: dict = field(default_factory=dict)
     """The ``run.py sample`` config: ``trainer`` and ``model`` (model.output_dir is filled in)."""
@@ -102,7 +106,10 @@ class PipelineConfig:
         bad = sorted(set(wandb) - set(WandbConfig.__dataclass_fields__))
         if bad:
             raise ValueError(f"{path}: unknown wandb field(s) {', '.join(bad)}")
-        return cls(wandb=WandbConfig(**wandb), **{k: v or {} for k, v in raw.items()})
+        threads = raw.pop("threads", None)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"{path}: threads must be a whole number >= 1 or null, got {threads!r}")
+        return cls(threads=threads, wandb=WandbConfig(**wandb), **{k: v or {} for k, v in raw.items()})
 
 
 def _digest(obj) -> str:
@@ -274,11 +281,17 @@ class Pipeline:
                                              "finished": True, "seconds": round(seconds, 1)})
         print(f"lit-susc pipeline: {stage}: finished in {seconds:.0f} s", flush=True)
 
-    def _subprocess(self, args: list[str], stage: str) -> None:
+    def stage_env(self) -> dict[str, str]:
+        """The environment of a stage's process."""
         # A stage's process runs its own wandb service: a shared one would still hold the stage's run
         # (same id) when the pipeline adds the stage's summary to it.
         env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"PYTHONUNBUFFERED": "1"}
-        code = subprocess.call([sys.executable, str(RUN_PY), *args], env=env)
+        if self.config.threads is not None:
+            env |= {"OMP_NUM_THREADS": str(self.config.threads), "MKL_NUM_THREADS": str(self.config.threads)}
+        return env
+
+    def _subprocess(self, args: list[str], stage: str) -> None:
+        code = subprocess.call([sys.executable, str(RUN_PY), *args], env=self.stage_env())
         if code != 0:
             raise StageFailedError(f"stage {stage} failed (exit status {code}; its messages are above). Fix the cause "
                                    "and run the same command again: finished stages are skipped and this one "

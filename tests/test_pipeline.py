@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 import run
-from lit_susc.pipeline import STAGES
+from lit_susc.pipeline import STAGES, Pipeline, PipelineConfig
 from tiny_runs import sample_config, short_documents, write_yaml
 
 CONTEXT = 16
@@ -15,6 +15,7 @@ CONTEXT = 16
 def _config(tmp, tiny_lm_dir, docs, **changes):
     config = {
         "output_dir": str(tmp / "run"),
+        "threads": 1,
         "wandb": {"enabled": True, "mode": "offline"},
         "sample": sample_config(tiny_lm_dir, docs, CONTEXT, observed=12),
         "aux_fit": {"trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False},
@@ -102,3 +103,23 @@ def test_an_unknown_section_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run.main(["pipeline", "--config", str(path)])
     assert "sampel" in capsys.readouterr().err
+
+
+def test_threads_set_every_stage_process_and_nothing_else(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("output_dir: x\nthreads: 1\n")
+    env = Pipeline(PipelineConfig.from_yaml(path)).stage_env()
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    path.write_text("output_dir: x\n")
+    env = Pipeline(PipelineConfig.from_yaml(path)).stage_env()
+    assert env.get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.mark.parametrize("threads", ["0", "two", "1.5"])
+def test_a_bad_thread_count_is_an_error(tmp_path, capsys, threads):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"output_dir: x\nthreads: {threads}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["pipeline", "--config", str(path)])
+    assert exit_info.value.code == 2
+    assert "threads" in capsys.readouterr().err
