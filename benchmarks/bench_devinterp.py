@@ -42,9 +42,14 @@ machine perturb least):
     of every step's minibatch losses and input ids and of every draw's losses; then
     ``compute_susceptibilities`` (reads the zarr stores back).
   lit-susc ``estimate_susceptibilities()`` (its default ComputeConfig: prefix cache on, one chain
-    at a time): Trainer construction, a temporary run directory, the losses at w*, the SGLD steps,
+    at a time, float32; the observation contexts in forward passes of ``--lit-observation-batch``,
+    its CLI's default 32, while devinterp evaluates observables in minibatches of ``--batch``):
+    Trainer construction, a temporary run directory, the losses at w*, the SGLD steps,
     the reference and observation passes at every draw folded into float64 sums, writing the
     result (safetensors, parquet) and removing the temporary directory.
+  the floor (``--floor``, after the runs): for a few components, a bare PyTorch loop of the same
+    passes (forward+backward and a masked update per step, reference and observation forwards per
+    draw; no cache, no Lightning, no callbacks), against each tool's CPU time for that component.
 Both use ``--threads`` intra-op threads (OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads;
 default 1, faster than 2 on this shared 2-core machine). Ratios printed: same work (both whole
 calls), lit-susc without its ``full`` chains (which it does not need for the same chi), and
@@ -86,14 +91,20 @@ How devinterp's estimator differs from lit-susc's (read from devinterp 2.0.1's s
     the covariance ("f32 err/|cov|"). lit-susc keeps float64 sums of losses relative to w*.
 
 Findings on this machine (2 shared CPU cores, torch 2.13.0+cpu, 1 thread each, warm-up excluded):
-  * default command (11 components + full, 2 chains x 30 draws; 7 min in all): devinterp 137 s /
-    139 s, lit-susc 66 s / 71 s (runs A / B; CPU time within 1% of wall): 2.0x for the same work,
-    2.35x when lit-susc skips the full run it does not need, 1.7x if devinterp's init-loss pass
-    (~21 s) is not counted; repeated runs vary by ~10% with the machine's other load (1.95x-2.07x).
-    Per component (CPU): layer-0 heads and MLP 11-12 s vs 7-8 s (1.5x: the same forward/backward;
-    lit-susc only avoids devinterp's overheads), layer-3 ones 9.4-14.6 s vs 3.2-3.8 s (~3x:
-    lit-susc's prefix cache skips blocks 0-2), unembed 9.7 s vs 2.6 s (3.7x). The 3x goal is met
-    for late-layer components only; ``--lit-batch-chains 2`` does not help on CPU (65.6 s).
+  * default command (11 components + full, 2 chains x 30 draws; 7 min in all): devinterp 128 s /
+    126 s, lit-susc 62 s / 57 s (runs A / B; CPU time within 1% of wall): 2.13x for the same work,
+    2.50x when lit-susc skips the full run it does not need (a third run, A only: 2.14x / 2.53x).
+    ``--lit-observation-dtype bfloat16`` (autocast on this CPU's avx512_bf16): 2.35x / 2.83x.
+    Per component (CPU, run A): layer-0 heads and MLP 10.4-11.3 s vs 6.5-8.2 s (~1.5x), layer-3
+    ones 9.2-10.5 s vs 2.7-3.6 s (~3.3x: lit-susc's prefix cache skips blocks 0-2 and the block's
+    untouched branch), unembed 10.6 s vs 2.4 s (4.4x). The floor explains the total: a bare PyTorch
+    loop of layers.0.heads.0's passes takes 7.1 s, devinterp 10.6 s (1.49x the floor), lit-susc
+    6.5 s (0.92x); layers.3.heads.0 6.0 s: devinterp 1.59x, lit-susc 0.51x; unembed 5.6 s: 1.67x,
+    0.41x. devinterp costs 1.5-1.7x the bare passes; a block-0 component needs the whole model's
+    forward and backward at every step and draw, so no exact method gets below ~0.9x of its floor
+    on it, and a 3x overall ratio would need every component at <= 0.5x. The 3x goal is met for
+    late-layer components only; ``--lit-batch-chains 2`` does not help on CPU (65.6 s, before the
+    branch cache).
   * agreement, default command: median over components of Pearson(lit-susc, devinterp recentred)
     0.13, against a seed-to-seed self-agreement of 0.19 (lit-susc) and 0.09 (devinterp): 60 draws
     per component leave per-token chi mostly chain noise, for both tools alike; the cross-tool
@@ -166,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="lit-susc's prefix-activation cache (its default: on; off runs every block at every step)")
     ap.add_argument("--lit-batch-chains", type=int, default=1,
                     help="lit-susc's compute.batch_chains: chains of a component stepped together (its default: 1)")
+    ap.add_argument("--lit-observation-batch", type=int, default=32,
+                    help="lit-susc's contexts per observation forward pass (its default, data.observation_batch_size: "
+                         "32; devinterp evaluates observables in minibatches of --batch)")
+    ap.add_argument("--lit-observation-dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="lit-susc's compute.observation_dtype (bfloat16: autocast on the per-draw observation pass)")
+    ap.add_argument("--floor", nargs="*", default=["layers.0.heads.0", "layers.3.heads.0", "unembed"],
+                    help="components whose work is also timed as a bare PyTorch loop (the floor; none: skip)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0,
                     help="run A's seed (both tools); run B: lit-susc seed + 1, devinterp init_seed + chains")
@@ -261,7 +279,7 @@ def main() -> None:
     samp_ids = text_contexts(tokenizer, source, args.sampling_contexts, skip=n_obs).input_ids
     ref_ids = samp_ids[:n_ref]
     sampling_batches = [samp_ids[i:i + B] for i in range(0, len(samp_ids) - B + 1, B)]
-    obs_batches = [obs_ids[i:i + B] for i in range(0, n_obs, B)]
+    obs_batches = [obs_ids[i:i + args.lit_observation_batch] for i in range(0, n_obs, args.lit_observation_batch)]
     with torch.no_grad():
         ref_loss_star = float(per_token_loss(model, ref_ids).double().mean())
     print(f"data: {n_obs} observation contexts x {T - 1} = {n_obs * (T - 1)} tokens, reference batch {n_ref} contexts "
@@ -423,7 +441,8 @@ def main() -> None:
             model, per_token_loss, sampling_batches, obs_batches, components=comps, sgld=sgld,
             trainer={"accelerator": "cpu", "enable_progress_bar": False, "callbacks": [timer]},
             reference_data=ref_ids, compute=ComputeConfig(prefix_cache=args.lit_prefix_cache == "on",
-                                                         batch_chains=args.lit_batch_chains),
+                                                         batch_chains=args.lit_batch_chains,
+                                                         observation_dtype=args.lit_observation_dtype),
         )
         wall, cpu = clock.read()
         check_model_untouched("lit-susc")
@@ -431,6 +450,39 @@ def main() -> None:
         return {"wall": wall, "cpu": cpu, "parts": timer.times,
                 "chi": {n: chi[i] for i, n in enumerate(res.components)},
                 "mean_phi": {n: res.llc[n]["mean"] / args.nbeta for n in res.components}}
+
+    def run_plain(name: str, chains: int, draws: int, burn_in: int) -> float:
+        """CPU seconds of a bare PyTorch loop doing one component's passes with no cache, no Lightning, no
+        callbacks: per chain, every step a forward+backward of a minibatch and a masked update, every draw
+        the reference and observation forward passes. The floor both tools pay for this component's work
+        unless they skip part of the model."""
+        params = dict(model.named_parameters())
+        comp = lit_components[name]
+        flags = {n: p.requires_grad for n, p in params.items()}
+        for n, p in params.items():
+            p.requires_grad_(n in comp)
+        clock = Clock()
+        try:
+            for _ in range(chains):
+                for step in range(burn_in + draws):
+                    loss = per_token_loss(model, sampling_batches[step % len(sampling_batches)]).mean()
+                    loss.backward()
+                    with torch.no_grad():
+                        for n, mask in comp.items():
+                            p = params[n]
+                            p.add_(-0.5 * args.lr * args.nbeta * p.grad * (1.0 if mask is None else mask))
+                            p.grad = None
+                    if step >= burn_in:
+                        with torch.no_grad():
+                            per_token_loss(model, ref_ids).double().mean()
+                            for b in obs_batches:
+                                per_token_loss(model, b).double()
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(w_star[n])
+                    p.requires_grad_(flags[n])
+        return clock.read()[1]
 
     # ---- warm-up (not timed), then the timed runs -------------------------------------------------
     first = names[0]
@@ -534,6 +586,15 @@ def main() -> None:
                 ratios.setdefault(f"{clock}_{key}", []).append(value)
             print(f"{s:>4} {clock:>5}  {d:>11.1f}  {l_:>10.1f}  {r[0]:>9.2f}  {r[1]:>12.2f}  {r[2]:>12.2f}")
     mean = {k: statistics.mean(v) for k, v in ratios.items()}
+    floor = {name: run_plain(name, args.chains, args.draws, args.burn_in) for name in args.floor}
+    if floor:
+        print("\nThe floor: a bare PyTorch loop of the same passes for one component (CPU s; no cache, no "
+              "Lightning, no callbacks), against each tool's time for that component in run A:")
+        for name, t in floor.items():
+            d, l_ = dev[A]["parts"][name][1], lit[A]["parts"][name][1]
+            print(f"  {name:<18} bare loop {t:6.1f} s   devinterp {d:6.1f} s ({d / t:.2f}x the floor)   "
+                  f"lit-susc {l_:6.1f} s ({l_ / t:.2f}x the floor)")
+
     print(f"\nSUMMARY  devinterp/lit-susc, same work: {mean['wall_same']:.2f}x wall, {mean['cpu_same']:.2f}x CPU "
           f"(lit-susc without the full run: {mean['wall_nofull']:.2f}x wall, {mean['cpu_nofull']:.2f}x CPU); "
           f"median Pearson r(lit, dev rc) = {med['r_rc']:.3f}, r(lit, dev raw) = {med['r_raw']:.3f}"

@@ -202,16 +202,16 @@ def forward_flops(p_trunk: int, p_head: int, n_layer: int, d: int, T: int, conte
 PYTHIA_14B = {"hidden": 2048, "layers": 24, "heads": 16, "intermediate": 8192, "vocab": 50304}
 
 
-def pythia_components(layers: int = 24, heads: int = 16) -> list[tuple[str, float]]:
-    """(name, fraction of trunk FLOPs a prefix cache leaves to recompute) of the spec's 410 components.
+def pythia_components(layers: int, heads: int, mlp_share: float) -> list[tuple[str, float]]:
+    """(name, fraction of trunk FLOPs a prefix cache leaves to recompute) of the spec's 410 components."""
+    names = ["embed"] + [f"layers.{layer}.{part}" for layer in range(layers)
+                         for part in [f"heads.{h}" for h in range(heads)] + ["mlp"]] + ["unembed"]
+    return [(name, trunk_fraction(name, layers, mlp_share)) for name in names]
 
-    A component in block l needs blocks l..L-1 again: (L - l) / L. The embedding moves the input
-    of every block (1); the unembedding none (0; the head itself is always recomputed)."""
-    out = [("embed", 1.0)]
-    for layer in range(layers):
-        f = (layers - layer) / layers
-        out += [(f"layers.{layer}.heads.{h}", f) for h in range(heads)] + [(f"layers.{layer}.mlp", f)]
-    return out + [("unembed", 0.0)]
+
+def mlp_flop_share(d: int, ff: int, T: int) -> float:
+    """The MLP's share of a block's forward FLOPs per position: 2 (2 d ff) / (2 (4 d^2 + 2 d ff) + 2 T d)."""
+    return 2 * d * ff / (4 * d * d + 2 * d * ff + T * d)
 
 
 def pythia_estimate(args, ratios: dict | None = None, rates: dict | None = None) -> dict:
@@ -222,7 +222,7 @@ def pythia_estimate(args, ratios: dict | None = None, rates: dict | None = None)
     d, L, V, T, B = cfg["hidden"], cfg["layers"], cfg["vocab"], args.est_context, args.est_batch
     p_trunk = L * (4 * d * d + 2 * d * cfg["intermediate"])  # QKV 3d^2 + dense d^2 + MLP 2 d ff
     p_head = d * V
-    comps = pythia_components(L, cfg["heads"])
+    comps = pythia_components(L, cfg["heads"], mlp_flop_share(d, cfg["intermediate"], T))
     n_comp, chains, draws, between = len(comps), 4, 100, 160
     f_mean = sum(f for _, f in comps) / n_comp
     n_draws = n_comp * chains * draws
@@ -623,10 +623,11 @@ def measure(model, components: list[str], obs: torch.Tensor, args, device, cache
              "flops_per_token": f_obs / (n_obs * (T - 1)), "flops_draw": f_obs + f_ref, "flops_step": f_step,
              "runs": {}}
     # What a prefix cache should save on the draws of these components (blocks below the component's
-    # first block skipped; the embedding saves nothing, the unembedding the whole trunk).
+    # first block and its untouched branch skipped; the embedding saves nothing, the unembedding the trunk).
     L = cfg.num_hidden_layers
+    share = mlp_flop_share(cfg.hidden_size, cfg.intermediate_size, T)
     cached = sum(forward_flops(p_trunk, p_head, L, cfg.hidden_size, T, n_obs + args.batch,
-                               trunk_fraction=trunk_fraction(c, L)) for c in components)
+                               trunk_fraction=trunk_fraction(c, L, share)) for c in components)
     entry["predicted_cache_speedup_draw"] = len(components) * (f_obs + f_ref) / cached
     for label, cache in caches:
         r = run_config(model, components, obs, args, device, cache, draws)
@@ -666,14 +667,22 @@ def pick_components(names: list[str], k: int) -> list[str]:
     return [names[i] for i in idx]
 
 
-def trunk_fraction(name: str, n_layers: int) -> float:
-    """Share of the trunk a prefix cache leaves to recompute for a component: (L - l) / L for block l."""
+def trunk_fraction(name: str, n_layers: int, mlp_share: float) -> float:
+    """Share of the trunk a prefix cache leaves to recompute for a component.
+
+    A component in block l needs blocks l..L-1 again, less the branch of block l it leaves alone
+    (lit_susc.prefix, parallel residual: a head skips the MLP, ``mlp_share`` of a block; an MLP the
+    attention): (L - l - skipped) / L. The embedding moves the input of every block (1); the
+    unembedding none (0; the head itself is always recomputed)."""
     if name == "embed":
         return 1.0
     if name == "unembed":
         return 0.0
-    m = re.match(r"layers\.(\d+)\.", name)
-    return (n_layers - int(m.group(1))) / n_layers if m else 1.0
+    m = re.match(r"layers\.(\d+)\.(heads|mlp)", name)
+    if not m:
+        return 1.0
+    skipped = mlp_share if m.group(2) == "heads" else 1 - mlp_share
+    return (n_layers - int(m.group(1)) - skipped) / n_layers
 
 
 def component_depth(name: str, n_layers: int) -> float:
