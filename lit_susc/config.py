@@ -88,7 +88,9 @@ class ComputeConfig:
     batch, then the SGLD minibatches); the run prints what it chose to cache."""
     prefix_cache: bool = True
     """Reuse the residual stream entering a component's first block instead of recomputing the
-    blocks below it (GPT-NeoX with a loss that accepts cached prefixes; otherwise ignored)."""
+    blocks below it, and the output of that block's branch the component leaves alone (a head's
+    block's MLP, an MLP's block's attention); GPT-NeoX with a loss that accepts cached prefixes,
+    otherwise ignored."""
     batch_chains: int = 1
     """Chains of one component stepped together as one batched forward/backward (torch.func.vmap
     over stacked copies of the component's weights): fills a device that one small chain leaves
