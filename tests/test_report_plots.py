@@ -114,3 +114,20 @@ def test_cluster_sizes_are_a_png_and_no_clusters_is_said_plainly(tmp_path):
     _assert_png(plot_cluster_sizes(pa.table({"label": [0, 1, 2, 3], "size": [20, 25, 400, 31]}), tmp_path / "s.png"))
     with pytest.raises(ValueError, match="no clusters"):
         plot_cluster_sizes(pa.table({"size": pa.array([], pa.int64())}), tmp_path / "none.png")
+
+
+def test_drawing_figures_leaves_the_process_backend_alone(tmp_path):
+    """Every figure goes through lit_susc.figures (a bare Figure on the Agg canvas): a notebook's backend stays."""
+    from lit_susc.analysis import plot_leak
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        plot_pearson([0.9, 0.7], [0.8, 0.5], tmp_path / "pearson.png")
+        table = pa.table({"layer": [0, 1], "cka_ground_truth": [0.1, 0.2], "cka_aux": [0.3, 0.4],
+                          "jaccard_ground_truth": [0.05, 0.06], "jaccard_aux": [0.2, 0.1]})
+        plot_leak(table, tmp_path / "leak.png", k=5)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    _assert_png(tmp_path / "leak.png")

@@ -47,6 +47,7 @@ from ..aux.predict import AuxPredictor
 from ..aux.split import SplitConfig, document_split
 from ..cluster.knn import knn
 from ..corpus import token_table
+from ..figures import Figure, save_png
 from ..result import read_chi, read_metadata, write_json, write_parquet
 from ..tinylm import load_causal_lm
 from .cka import CKAAccumulator
@@ -291,16 +292,12 @@ def run_leak_check(sample_dir: str | Path, aux_dir: str | Path, output_dir: str 
     return table
 
 
-def plot_leak(table: pa.Table, path: str | Path, k: int | None = None) -> None:
+def plot_leak(table: pa.Table, path: str | Path, k: int | None = None) -> Path:
     """Two panels by layer, ground truth and aux in each: linear CKA (left), Jaccard-kNN (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = table.to_pydict()
     layer = np.asarray(columns["layer"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     panels = (("cka", "linear CKA"), ("jaccard", f"Jaccard-kNN (k = {k})" if k is not None else "Jaccard-kNN"))
     for ax, (key, title) in zip(axes, panels):
         ax.plot(layer, columns[f"{key}_ground_truth"], marker="o", label="ground-truth susceptibilities")
@@ -313,7 +310,4 @@ def plot_leak(table: pa.Table, path: str | Path, k: int | None = None) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("Activations vs susceptibilities by layer (aux validation tokens)", fontsize=10)
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    return save_png(fig, path, dpi=120)

@@ -7,16 +7,14 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from ..figures import Figure, save_png
 
-def plot_pearson(aux: Tensor, ridge: Tensor, path: str | Path) -> None:
+
+def plot_pearson(aux: Tensor, ridge: Tensor, path: str | Path) -> Path:
     """Bars of per-PC Pearson correlation, aux and ridge side by side, with their means as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = np.arange(1, len(aux) + 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(aux) + 2), 3.5))
+    fig = Figure(figsize=(max(6.0, 0.12 * len(aux) + 2), 3.5))
+    ax = fig.subplots()
     ax.bar(k - 0.2, aux.numpy(), width=0.4, label=f"aux model (mean {aux.mean():.3f})", color="tab:blue")
     ax.bar(k + 0.2, ridge.numpy(), width=0.4, label=f"ridge (mean {ridge.mean():.3f})", color="tab:gray")
     ax.axhline(float(aux.mean()), color="tab:blue", lw=0.8, ls="--")
@@ -27,7 +25,4 @@ def plot_pearson(aux: Tensor, ridge: Tensor, path: str | Path) -> None:
     ax.set_title("Aux model accuracy per PC (held-out documents)")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    return save_png(fig, path, dpi=120)

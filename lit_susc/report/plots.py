@@ -26,10 +26,9 @@ import matplotlib.ticker
 import numpy as np
 import pyarrow as pa
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ..aux.plot import plot_pearson as _plot_aux_pearson
+from ..figures import Figure, save_png
 
 _HEAD = re.compile(r"layers\.(\d+)\.heads\.(\d+)")
 _MLP = re.compile(r"layers\.(\d+)\.mlp")
@@ -89,18 +88,6 @@ def strip_label(name: str) -> str:
     """Short axis label of a strip component: ``layers.3.mlp`` -> ``mlp 3``."""
     m = _MLP.fullmatch(name)
     return f"mlp {m.group(1)}" if m else name
-
-
-def _save(fig, path: str | Path, dpi: int = 110) -> Path:
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"figures are written as PNG; give a path ending in .png, not {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    FigureCanvasAgg(fig)
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
-    return path
 
 
 def _annotate(ax, matrix: np.ndarray, image) -> None:
@@ -165,7 +152,7 @@ def plot_component_map(values: Sequence[float], components: Sequence[str], path:
             ax.set_xticklabels([strip_label(n) for n in grid.strip], rotation=90 if many else 0, fontsize=7)
     fig.colorbar(image, ax=list(axes[:, 0]), label=colorbar_label, shrink=0.9)
     axes[0, 0].set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_llc_heatmap(llc: Mapping[str, Mapping], components: Sequence[str], path: str | Path) -> Path:
@@ -240,7 +227,7 @@ def plot_traces(traces_table: pa.Table, components: Sequence[str], path: str | P
     axes[0, 0].legend(fontsize=7, loc="upper right")
     fig.suptitle("SGLD traces: minibatch loss (lines), L_ref at draws (dots)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_pca_variance(pc_variances: Sequence[float], path: str | Path, *, total_variance: float | None = None) -> Path:
@@ -272,7 +259,7 @@ def plot_pca_variance(pc_variances: Sequence[float], path: str | Path, *, total_
     twin.set_ylabel("cumulative share")
     ax.set_title(f"Variance of chi's {v.size} kept PCs: per PC (bars, left), cumulative (line, right)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_pearson(aux_pearson: Sequence[float], ridge_pearson: Sequence[float], path: str | Path) -> Path:
@@ -318,4 +305,4 @@ def plot_cluster_sizes(clusters_table: pa.Table, path: str | Path) -> Path:
     ax.set_title(f"{sizes.size} clusters, {int(sizes.sum())} tokens in all (median size {np.median(sizes):.0f})",
                  fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
