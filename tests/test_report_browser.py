@@ -225,6 +225,18 @@ def test_each_cluster_page_shows_its_own_tokens_highlighted_in_context(work, tmp
         assert f"Cluster {c['label']}" in page.read_text()
 
 
+def test_each_cluster_page_draws_its_profile_inline(work):
+    """Oracle: cluster_profiles (checked against an in-memory z-scoring below); one SVG cell per component."""
+    pages = work["index"].parent / "clusters"
+    assert not list(pages.glob("*.png"))
+    meta = json.loads((work["run"] / "result.json").read_text())
+    for c in work["clusters"]:
+        text = (pages / f"{c['label']}.html").read_text()
+        titles = re.findall(r"<title>([^<]+): ([^<]+)</title>", text)
+        assert [name for name, _ in titles] == [n for n in meta["components"] if n in dict(titles)]
+        assert {name for name, _ in titles} == set(meta["components"])
+
+
 def test_token_text_is_escaped_and_whitespace_is_visible(work):
     pages = {p.name: p.read_text() for p in (work["index"].parent / "clusters").glob("*.html")}
     text = "".join(pages.values())
@@ -360,7 +372,7 @@ def test_a_failed_rebuild_leaves_no_index_behind(work, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(browser, "plot_profile", broken)
+    monkeypatch.setattr(browser, "component_map_svg", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         build_report(report, cluster_dir=work["run"] / "clusters", sample_dir=work["run"])
     assert not (report / "index.html").exists()

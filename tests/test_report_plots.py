@@ -1,12 +1,13 @@
 """The report's figures: each a non-empty PNG; per-component values laid out by one grid helper."""
 
+import matplotlib
 import matplotlib.image
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from lit_susc.report.plots import (component_grid, plot_cluster_sizes, plot_component_map, plot_llc_heatmap,
-                                   plot_pca_variance, plot_pearson, plot_profile, plot_traces)
+from lit_susc.report.plots import (component_grid, component_map_svg, plot_cluster_sizes, plot_component_map,
+                                   plot_llc_heatmap, plot_pca_variance, plot_pearson, plot_profile, plot_traces)
 
 COMPONENTS = [f"layers.{l}.heads.{h}" for l in range(2) for h in range(3)] + [
     "layers.1.mlp", "layers.0.mlp", "unembed", "embed"]
@@ -131,3 +132,31 @@ def test_drawing_figures_leaves_the_process_backend_alone(tmp_path):
     finally:
         matplotlib.use(before)
     _assert_png(tmp_path / "leak.png")
+
+
+def test_the_inline_svg_map_has_one_cell_per_component_where_the_grid_puts_it():
+    """Oracle: component_grid's layout; each cell's tooltip names its component and value."""
+    import xml.etree.ElementTree as ET
+
+    values = np.arange(len(COMPONENTS), dtype=float) - 5.0
+    values[2] = np.nan
+    svg = ET.fromstring(component_map_svg(values, COMPONENTS, label="mean z-scored chi", diverging=True))
+    ns = "{http://www.w3.org/2000/svg}"
+    cells = {r.find(f"{ns}title").text.split(": ")[0]: r for r in svg.iter(f"{ns}rect") if r.find(f"{ns}title") is not None}
+    assert set(cells) == set(COMPONENTS)
+    for i, name in enumerate(COMPONENTS):
+        title = cells[name].find(f"{ns}title").text
+        assert title == (f"{name}: n/a" if i == 2 else f"{name}: {values[i]:+.3g}")
+    grid = component_grid(COMPONENTS)
+    x = {n: float(cells[n].get("x")) for n in COMPONENTS}
+    y = {n: float(cells[n].get("y")) for n in COMPONENTS}
+    assert x["layers.1.heads.2"] > x["layers.1.heads.0"] and y["layers.1.heads.0"] > y["layers.0.heads.0"]
+    assert y["layers.0.mlp"] > y["layers.1.heads.2"]  # the strip lies below the heads
+    assert [n for n in sorted(grid.strip, key=x.get)] == grid.strip
+    # diverging: red-blue centred on 0, the largest magnitude at an end; a missing value is grey
+    rdbu = matplotlib.colormaps["RdBu_r"]
+    assert cells[COMPONENTS[5]].get("fill") == matplotlib.colors.to_hex(rdbu(0.5))
+    assert cells[COMPONENTS[0]].get("fill") == matplotlib.colors.to_hex(rdbu(0.0))  # -5, the largest magnitude
+    assert cells[COMPONENTS[2]].get("fill") == matplotlib.colors.to_hex("lightgrey")
+    with pytest.raises(ValueError, match="values for"):
+        component_map_svg(values[:-1], COMPONENTS, label="x")

@@ -3,7 +3,7 @@
     report_dir/
       report.json          what the report was built from (also marks the directory as a report)
       plots/*.png          SGLD traces, LLC heatmap, PCA variance, Pearson, cluster sizes, leak
-      clusters/<label>.html, clusters/<label>.png   one page and one profile heatmap per cluster
+      clusters/<label>.html   one page per cluster (its profile heatmap inline, as SVG)
       index.html           run summary, plots, the sortable and searchable cluster table; written last
 
 Every page opens from disk (file://): no server, no network; CSS and JavaScript are inline and
@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 import torch
 
 from ..result import FINISHED_MARKER, read_chi, read_metadata, write_json
-from .plots import (component_grid, plot_cluster_sizes, plot_llc_heatmap, plot_pca_variance, plot_pearson,
-                    plot_profile, plot_traces)
+from .plots import (component_grid, component_map_svg, plot_cluster_sizes, plot_llc_heatmap, plot_pca_variance,
+                    plot_pearson, plot_traces)
 
 REPORT_MARKER = "report.json"
 INDEX = "index.html"
@@ -477,7 +477,7 @@ mark.tok { background: #ffd54f; padding: 0 2px; border-radius: 3px; font-weight:
 table.kwic { font: 13px/1.5 ui-monospace, monospace; }
 table.kwic td { white-space: pre; padding: 1px 4px; }
 table.kwic td.left { text-align: right; } table.kwic td.where { color: #888; font: 11px system-ui, sans-serif; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; } figure svg { max-width: 100%; height: auto; }
 nav a, nav span { margin-right: 1em; } .muted { color: #777; } .note { background: #fffbe6; padding: 0.5em; }
 #controls { margin: 0.5em 0; } #controls button { margin-right: 0.4em; }
 th button { border: none; background: none; font: inherit; font-weight: bold; cursor: pointer; padding: 0; }
@@ -668,7 +668,7 @@ def _cluster_page(inputs: Inputs, clusters: list[Cluster], i: int, config: Repor
 <table class="data tokens"><thead><tr><th>token</th><th class="num">count</th><th class="num">share</th></tr></thead>
 <tbody>{tokens}</tbody></table>
 <h2>Mean susceptibility profile</h2>
-<figure><a href="{c.label}.png"><img src="{c.label}.png" alt="mean susceptibility profile of cluster {c.label}"></a>
+<figure>{component_map_svg(c.profile, components, label=_profile_label(config, inputs), diverging=config.profile == "zscore")}
 <figcaption class="note">{_e(_profile_note(config, inputs.input_meta["convention"]))}</figcaption></figure>
 <p>Largest in magnitude: {strongest or '<span class="muted">none</span>'}</p>
 <h2>Tokens in context</h2>
@@ -682,12 +682,12 @@ up to {config.context_left} tokens before and {config.context_right} after, with
     return _page(f"Cluster {c.label}", body)
 
 
+def _profile_label(config: ReportConfig, inputs: Inputs) -> str:
+    return "mean z-scored chi" if config.profile == "zscore" else f"mean chi ({inputs.input_meta['convention']})"
+
+
 def _write_cluster_pages(report_dir: Path, inputs: Inputs, clusters: list[Cluster], config: ReportConfig) -> None:
-    label = "mean z-scored chi" if config.profile == "zscore" else f"mean chi ({inputs.input_meta['convention']})"
     for i, c in enumerate(clusters):
-        plot_profile(c.profile, inputs.components, report_dir / "clusters" / f"{c.label}.png",
-                     title=f"Cluster {c.label} ({c.size} tokens): {label} per component", colorbar_label=label,
-                     diverging=config.profile == "zscore")
         (report_dir / "clusters" / f"{c.label}.html").write_text(_cluster_page(inputs, clusters, i, config),
                                                                 encoding="utf-8")
 

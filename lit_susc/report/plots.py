@@ -14,6 +14,7 @@ say), in the order given. So the figures work for any run, and a transformer's h
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections import Counter
@@ -98,6 +99,79 @@ def _annotate(ax, matrix: np.ndarray, image) -> None:
             ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
 
 
+def _color_scale(values: np.ndarray, diverging: bool):
+    """(norm, colormap) of a component map: red-blue centred on 0 when ``diverging``, else viridis over
+    the finite values' range; non-finite values map to light grey."""
+    finite = values[np.isfinite(values)]
+    if diverging:
+        bound = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+        norm, cmap = matplotlib.colors.Normalize(-bound, bound), matplotlib.colormaps["RdBu_r"]
+    else:
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        norm, cmap = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1.0), matplotlib.colormaps["viridis"]
+    return norm, cmap.with_extremes(bad="lightgrey")
+
+
+def component_map_svg(values: Sequence[float], components: Sequence[str], *, label: str,
+                      diverging: bool = False) -> str:
+    """``plot_component_map`` as inline SVG text: heads on the layer x head grid, the strip below, one
+    ``<rect>`` per component whose tooltip gives its name and value, and a colour bar.
+
+    Text instead of a PNG: a page of the cluster browser costs about a millisecond, so a report of the
+    spec's ~57k clusters builds in about a minute rather than hours of matplotlib figures.
+
+    Raises:
+        ValueError: if ``values`` and ``components`` differ in length (or ``component_grid`` refuses the names).
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    components = list(components)
+    if len(values) != len(components):
+        raise ValueError(f"{len(values)} values for {len(components)} components; give one value per component")
+    grid = component_grid(components)
+    norm, cmap = _color_scale(values, diverging)
+    rgb = np.round(255 * cmap(norm(np.ma.masked_invalid(values)))[:, :3]).astype(int)
+    colors = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in rgb]
+    index = {c: i for i, c in enumerate(components)}
+    w, h, left, top = 24, 18, 50, 18
+    rects, text = [], []
+
+    def cell(name: str, x: float, y: float) -> None:
+        i = index[name]
+        value = f"{values[i]:+.3g}" if math.isfinite(values[i]) else "n/a"
+        rects.append(f'<rect x="{x:g}" y="{y:g}" width="{w}" height="{h}" fill="{colors[i]}">'
+                     f"<title>{html.escape(name)}: {value}</title></rect>")
+
+    for name, (r, c) in grid.cells.items():
+        cell(name, left + c * w, top + r * h)
+    text += [f'<text x="{left + (c + 0.5) * w:g}" y="{top - 4}" text-anchor="middle">{c}</text>'
+             for c in range(grid.n_heads)]
+    if grid.n_heads:
+        text.append(f'<text x="{left - 4}" y="{top - 4}" text-anchor="end">head</text>')
+    text += [f'<text x="{left - 4}" y="{top + (r + 0.75) * h:g}" text-anchor="end">layer {r}</text>'
+             for r in range(grid.n_layers)]
+    strip_y = top + grid.n_layers * h + (12 if grid.n_layers else 0)
+    for k, name in enumerate(grid.strip):
+        cell(name, left + k * w, strip_y)
+        x, y = left + (k + 0.5) * w, strip_y + h + 4
+        text.append(f'<text x="{x:g}" y="{y:g}" transform="rotate(60 {x:g} {y:g})">{html.escape(strip_label(name))}</text>')
+    longest = max((len(strip_label(n)) for n in grid.strip), default=0)
+    bar_x = left + max(grid.n_heads, len(grid.strip)) * w + 24
+    bar_h = max(grid.n_layers * h, 4 * h)
+    stops = "".join(f'<stop offset="{t:g}" stop-color="{matplotlib.colors.to_hex(cmap(t))}"/>'
+                    for t in np.linspace(0, 1, 11))
+    lo, hi = norm.vmin, norm.vmax
+    text += [f'<text x="{bar_x + 16}" y="{top + 8}">{hi:+.3g}</text>',
+             f'<text x="{bar_x + 16}" y="{top + bar_h}">{lo:+.3g}</text>',
+             f'<text x="{bar_x}" y="{top + bar_h + 16}">{html.escape(label)}</text>']
+    width = bar_x + 16 + max(60, 7 * len(label))
+    height = max(strip_y + h + 8 + 5 * longest, top + bar_h + 24)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:g}" height="{height:g}" '
+            f'font-family="sans-serif" font-size="10" role="img" aria-label="{html.escape(label)} per component">'
+            f'<defs><linearGradient id="bar" x1="0" y1="1" x2="0" y2="0">{stops}</linearGradient></defs>'
+            f'<rect x="{bar_x}" y="{top}" width="12" height="{bar_h}" fill="url(#bar)"/>'
+            + "".join(rects) + "".join(text) + "</svg>")
+
+
 def plot_component_map(values: Sequence[float], components: Sequence[str], path: str | Path, *, title: str,
                        colorbar_label: str, diverging: bool = False) -> Path:
     """Per-component values on the ``component_grid`` layout: head heatmap above, strip below.
@@ -120,15 +194,7 @@ def plot_component_map(values: Sequence[float], components: Sequence[str], path:
         heads[r, c] = values[index[name]]
     strip = np.array([[values[index[n]] for n in grid.strip]]) if grid.strip else np.zeros((1, 0))
 
-    finite = values[np.isfinite(values)]
-    if diverging:
-        bound = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
-        norm, cmap = matplotlib.colors.Normalize(-bound, bound), matplotlib.colormaps["RdBu_r"]
-    else:
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        norm, cmap = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1.0), matplotlib.colormaps["viridis"]
-    cmap = cmap.with_extremes(bad="lightgrey")
-
+    norm, cmap = _color_scale(values, diverging)
     parts = [p for p in (("heads", heads), ("strip", strip)) if p[1].size]
     width = min(16.0, max(5.0, 0.42 * max(grid.n_heads, strip.shape[1]) + 2.5))
     heights = [max(1.2, 0.32 * grid.n_layers) if kind == "heads" else 0.5 for kind, _ in parts]
