@@ -99,6 +99,15 @@ def _annotate(ax, matrix: np.ndarray, image) -> None:
             ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
 
 
+def _laid_out(values: Sequence[float], components: Sequence[str]) -> tuple[np.ndarray, list[str], ComponentGrid]:
+    """(values as float64, component names, their grid), checking one value per component."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    components = list(components)
+    if len(values) != len(components):
+        raise ValueError(f"{len(values)} values for {len(components)} components; give one value per component")
+    return values, components, component_grid(components)
+
+
 def _color_scale(values: np.ndarray, diverging: bool):
     """(norm, colormap) of a component map: red-blue centred on 0 when ``diverging``, else viridis over
     the finite values' range; non-finite values map to light grey."""
@@ -117,17 +126,13 @@ def component_map_svg(values: Sequence[float], components: Sequence[str], *, lab
     """``plot_component_map`` as inline SVG text: heads on the layer x head grid, the strip below, one
     ``<rect>`` per component whose tooltip gives its name and value, and a colour bar.
 
-    Text instead of a PNG: a page of the cluster browser costs about a millisecond, so a report of the
-    spec's ~57k clusters builds in about a minute rather than hours of matplotlib figures.
+    Text instead of a PNG: 2.4 ms per map of Pythia-1.4B's 410 components, so the profiles of the
+    spec's ~57k clusters take about 2 minutes rather than hours of matplotlib figures.
 
     Raises:
         ValueError: if ``values`` and ``components`` differ in length (or ``component_grid`` refuses the names).
     """
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    components = list(components)
-    if len(values) != len(components):
-        raise ValueError(f"{len(values)} values for {len(components)} components; give one value per component")
-    grid = component_grid(components)
+    values, components, grid = _laid_out(values, components)
     norm, cmap = _color_scale(values, diverging)
     rgb = np.round(255 * cmap(norm(np.ma.masked_invalid(values)))[:, :3]).astype(int)
     colors = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in rgb]
@@ -183,11 +188,7 @@ def plot_component_map(values: Sequence[float], components: Sequence[str], path:
     Raises:
         ValueError: if ``values`` and ``components`` differ in length (or ``component_grid`` refuses the names).
     """
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    components = list(components)
-    if len(values) != len(components):
-        raise ValueError(f"{len(values)} values for {len(components)} components; give one value per component")
-    grid = component_grid(components)
+    values, components, grid = _laid_out(values, components)
     index = {c: i for i, c in enumerate(components)}
     heads = np.full((grid.n_layers, grid.n_heads), np.nan)
     for name, (r, c) in grid.cells.items():
