@@ -727,17 +727,21 @@ def fmt_row(cols, widths):
 # -- plots ----------------------------------------------------------------------------------------
 
 def plot_all(results: dict, plots_dir: Path) -> list[str]:
-    import matplotlib
+    from matplotlib.ticker import NullFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lit_susc.figures import Figure, save_png
+
+    def write(fig: Figure, name: str) -> None:
+        fig.tight_layout()
+        written.append(str(save_png(fig, plots_dir / name, dpi=110)))
 
     written = []
     meta = results["meta"]
     tag = f"{meta['device']}, {meta['precision']}, {meta['threads'] or 'default'} thread(s)"
     sw = results["sweeps"]
     if "tokens" in sw:
-        fig, ax = plt.subplots(figsize=(6.4, 4.6))
+        fig = Figure(figsize=(6.4, 4.6))
+        ax = fig.subplots()
         rows = sw["tokens"]["points"]
         x = [r["obs_tokens"] for r in rows]
         for label in rows[0]["runs"]:
@@ -754,13 +758,10 @@ def plot_all(results: dict, plots_dir: Path) -> list[str]:
                      f"slope {slope})\n{tag}", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-        path = plots_dir / "scaling_tokens.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        write(fig, "scaling_tokens.png")
     if "components" in sw:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+        fig = Figure(figsize=(11, 4.4))
+        a1, a2 = fig.subplots(1, 2)
         rows = sw["components"]["points"]
         x = [len(r["components"]) for r in rows]
         for label in rows[0]["runs"]:
@@ -783,13 +784,10 @@ def plot_all(results: dict, plots_dir: Path) -> list[str]:
         a2.legend(fontsize=7)
         a2.grid(True, alpha=0.3)
         fig.suptitle(tag, fontsize=8)
-        path = plots_dir / "scaling_components.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        write(fig, "scaling_components.png")
     if "models" in sw:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+        fig = Figure(figsize=(11, 4.4))
+        a1, a2 = fig.subplots(1, 2)
         rows = sw["models"]["points"]
         x = [r["flops_per_token"] for r in rows]
         for label in rows[0]["runs"]:
@@ -808,18 +806,12 @@ def plot_all(results: dict, plots_dir: Path) -> list[str]:
         a1.set(xlabel="forward FLOPs per token", ylabel="seconds", title="time vs model size")
         a2.set(xlabel="forward FLOPs per token", ylabel="achieved GFLOP/s",
                title="achieved throughput (cache on: full-model FLOPs / time)")
-        from matplotlib.ticker import NullFormatter
-
         for a in (a1, a2):
             a.legend(fontsize=7)
             a.grid(True, which="both", alpha=0.3)
             a.xaxis.set_minor_formatter(NullFormatter())
         fig.suptitle(tag, fontsize=8)
-        path = plots_dir / "scaling_models.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        write(fig, "scaling_models.png")
     return written
 
 
