@@ -37,5 +37,8 @@ class BIFCallback(ComponentSumsCallback):
         losses = draw["obs_losses"].double() - pl_module.observation_losses_star
         sums.update(losses[:self.n_train], losses[self.n_train:])
 
+    def summarize(self, sums: CrossCovarianceSums, pl_module) -> dict[str, torch.Tensor]:
+        return {"bif": bayesian_influence(sums)}
+
     def finish(self, pl_module) -> None:
-        self.bif = torch.stack([bayesian_influence(s) for s in self.sums]).cpu()
+        self.bif = self.results["bif"]

@@ -16,15 +16,16 @@ class ComponentSumsCallback(L.Callback):
     marker when it finishes (the resume state). After fitting, the components are taken in
     blocks that fit the run's memory budget (``compute.memory_budget_gb``): every rank merges the
     units it owns of the block's components, the block is reduced across ranks (one collective per
-    statistic) and moved to the CPU, so the device never holds more than one block. ``self.sums``
-    then holds one reduced ``StreamingSums`` per component (on the CPU) and ``finish`` runs.
+    statistic) and moved to the CPU, and ``summarize`` turns each component's reduced sums into its
+    results (the sums are dropped then, so neither device nor host holds more than one block of
+    them). ``self.results`` maps each result name to a tensor [n_components, ...]; then ``finish``.
     """
 
     state_name = ""
 
     def __init__(self) -> None:
         self._unit_sums: dict[int, StreamingSums] = {}  # by unit index: a batched step carries several chains
-        self.sums: list[StreamingSums] | None = None
+        self.results: dict[str, torch.Tensor] | None = None
 
     def empty_sums(self, pl_module) -> StreamingSums:
         raise NotImplementedError
@@ -32,8 +33,12 @@ class ComponentSumsCallback(L.Callback):
     def fold(self, sums: StreamingSums, draw: dict, pl_module) -> None:
         raise NotImplementedError
 
-    def finish(self, pl_module) -> None:
+    def summarize(self, sums: StreamingSums, pl_module) -> dict[str, torch.Tensor]:
+        """One component's results from its reduced sums (on the CPU)."""
         raise NotImplementedError
+
+    def finish(self, pl_module) -> None:
+        """Runs once ``self.results`` holds every component's results."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         for chain in outputs["chains"]:
@@ -58,7 +63,7 @@ class ComponentSumsCallback(L.Callback):
         if block < n and trainer.is_global_zero:
             print(f"lit-susc: {self.state_name} sums reduced in blocks of {block} of the {n} components "
                   f"(compute.memory_budget_gb = {pl_module.compute.memory_budget_gb})")
-        self.sums = []
+        results: list[dict[str, torch.Tensor]] = []
         for lo in range(0, n, block):  # every rank takes the same blocks: the reductions pair up
             local = [self.empty_sums(pl_module) for _ in range(lo, min(n, lo + block))]
             for j, sums in enumerate(local):
@@ -67,5 +72,7 @@ class ComponentSumsCallback(L.Callback):
                     sums.merge(type(sums).from_state(state))
             stacked = {k: reduce_sum(trainer, torch.stack([s.state()[k] for s in local])).cpu()
                        for k in local[0].state_names}
-            self.sums += [type(local[0]).from_state({k: v[j] for k, v in stacked.items()}) for j in range(len(local))]
+            results += [self.summarize(type(local[0]).from_state({k: v[j] for k, v in stacked.items()}), pl_module)
+                        for j in range(len(local))]
+        self.results = {k: torch.stack([r[k] for r in results]) for k in results[0]}
         self.finish(pl_module)

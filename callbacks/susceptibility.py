@@ -1,20 +1,21 @@
-"""chi[component, token] from streaming covariance sums (formulas in lit_susc.covariance)."""
+"""chi[component, token] and its standard error from streaming covariance sums (lit_susc.covariance)."""
 
 from __future__ import annotations
 
 import torch
 
-from lit_susc.covariance import CovarianceSums, susceptibility
+from lit_susc.covariance import CovarianceSums, default_block, susceptibility, susceptibility_se
 
 from .streaming import ComponentSumsCallback
 
 
 class SusceptibilityCallback(ComponentSumsCallback):
-    """Folds every draw into float64 sums; never stores per-draw per-token losses.
+    """Folds every draw into float64 sums (with batch-means moments); never stores a draw.
 
-    After fitting, ``chi`` holds the [n_components, n_tokens] float64 estimate in the run's
-    ``sgld.convention`` (``seed``: nbeta * Cov(phi, l - L_n); ``baker``: -Cov(phi, l - L_n)),
-    and ``sums`` the reduced statistics per component.
+    After fitting, ``chi`` and ``chi_se`` hold [n_components, n_tokens] float64 tensors in the
+    run's ``sgld.convention`` (``seed``: nbeta * Cov(phi, l - L_n); ``baker``: -Cov(phi, l - L_n)).
+    The losses are folded relative to their values at w* (d_s - d* = (l_s - l*) - phi_s), which
+    leaves every covariance unchanged and keeps the second moments of the SE free of cancellation.
     """
 
     state_name = "susceptibility"
@@ -22,13 +23,20 @@ class SusceptibilityCallback(ComponentSumsCallback):
     def __init__(self) -> None:
         super().__init__()
         self.chi: torch.Tensor | None = None
+        self.chi_se: torch.Tensor | None = None
 
     def empty_sums(self, pl_module) -> CovarianceSums:
-        return CovarianceSums.zeros(int(torch.Size(pl_module.observation_shape).numel()), pl_module.device)
+        sgld = pl_module.sgld
+        block = sgld.se_block or default_block(sgld.draws)
+        return CovarianceSums.zeros(int(torch.Size(pl_module.observation_shape).numel()), pl_module.device, block)
 
     def fold(self, sums: CovarianceSums, draw: dict, pl_module) -> None:
-        sums.update(draw["phi"], draw["obs_losses"].double() - draw["ref_loss"])
+        sums.update(draw["phi"], draw["obs_losses"].double() - pl_module.observation_losses_star - draw["phi"])
+
+    def summarize(self, sums: CovarianceSums, pl_module) -> dict[str, torch.Tensor]:
+        sgld = pl_module.sgld
+        return {"chi": susceptibility(sums, sgld.nbeta, sgld.convention),
+                "chi_se": susceptibility_se(sums, sgld.nbeta, sgld.convention)}
 
     def finish(self, pl_module) -> None:
-        sgld = pl_module.sgld
-        self.chi = torch.stack([susceptibility(s, sgld.nbeta, sgld.convention) for s in self.sums]).cpu()
+        self.chi, self.chi_se = self.results["chi"], self.results["chi_se"]

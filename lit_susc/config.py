@@ -45,6 +45,10 @@ class SGLDConfig:
     """If set, entries are clamped to [w* - b, w* + b] after each step."""
     convention: Convention = "seed"
     """'seed': nbeta * Cov(phi, l - L_n) (the spec); 'baker': -Cov(phi, l - L_n) (devinterp)."""
+    se_block: int | None = None
+    """Draws per batch-means block of chi_se (contiguous draws of one chain; lit_susc.covariance);
+    null: ceil(draws / 8), about 8 blocks per chain. Blocks must be long against the
+    autocorrelation time of the draws, or chi_se comes out too small."""
 
     def __post_init__(self) -> None:
         for name in ("chains", "draws", "steps_between_draws"):
@@ -52,6 +56,8 @@ class SGLDConfig:
                 raise ValueError(f"SGLDConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.draws < 2:
             raise ValueError("SGLDConfig.draws must be >= 2: a covariance needs at least two draws")
+        if self.se_block is not None and self.se_block < 1:
+            raise ValueError(f"SGLDConfig.se_block must be >= 1 or null, got {self.se_block}")
         if self.burn_in < 0:
             raise ValueError(f"SGLDConfig.burn_in must be >= 0, got {self.burn_in}")
         if self.sampler not in SAMPLERS:

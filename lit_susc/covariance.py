@@ -16,6 +16,31 @@ draws, chains and ranks. From them, pooled over all S draws of all chains of C:
 
 and the per-chain learning coefficient lambda = nbeta * mean_s phi_s.
 
+Standard error of chi (batch means of the linearised estimator). Draws of a chain are
+autocorrelated, so they are not counted as independent: each chain's draws are cut into
+contiguous blocks B of ``block`` draws (the last one of a chain may be shorter), and only the
+block sums n_B, X_B = sum phi, Z_B[t] = sum d[t], Y_B[t] = sum phi*d[t] enter, through their
+second moments summed over all K blocks of all chains. The covariance estimate c = mean_s psi_s
+to first order, with psi_s = (phi_s - mu_phi)(d_s - mu_d) - c, whose block totals are
+
+    Q_B[t] = Y_B - mu_d X_B - mu_phi Z_B + n_B (mu_phi mu_d - c)          (sum_B Q_B = 0 exactly)
+
+and, treating blocks as independent (they are when a block is long against the autocorrelation
+time; blocks of different chains are), with the pooled means mu (so that differences between
+chains count as noise too):
+
+    Var(c) = K/(K-1) * sum_B Q_B[t]^2 / S^2,      chi_se = nbeta * sqrt(Var(c))  (baker: sqrt(Var(c)))
+
+sum_B Q_B^2 expands into the 10 second moments of (n, X, Z, Y) over blocks, which are what is
+kept (3 scalars, 7 vectors of T), so the SE costs no pass over stored draws.
+
+Reliability of a component's chi across tokens (design.md section 2): the share of its variance
+over tokens that is signal,
+
+    reliability = max(0, 1 - mean_t chi_se[t]^2 / var_t chi[t])       (var_t with 1/T)
+
+which, for two independent runs, predicts the Pearson correlation between their chi vectors.
+
 The Bayesian influence function (design.md section 2) is a cross-covariance of two loss vectors,
 a[i] = l_i(w_s) (training samples) and b[q] = l_q(w_s) (queries), kept the same way:
 
@@ -28,6 +53,7 @@ losses at w* first: the sums then stay small and the float64 subtraction loses n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,29 +85,70 @@ def _zeros(*shape: int, device: torch.device | str = "cpu") -> Tensor:
 
 @dataclass
 class CovarianceSums(StreamingSums):
-    """Sufficient statistics of (phi, d[t]) over draws; state / update / merge / compute."""
+    """Sufficient statistics of (phi, d[t]) over draws, with batch-means moments for chi_se.
 
-    state_names = ("count", "sum_phi", "sum_phi_sq", "sum_d", "sum_phi_d")
+    ``update`` folds a draw into the open block; every ``block`` draws the block is closed
+    (its sums' second moments join ``block_scalar`` and ``block_token``). Call ``close_block``
+    when a chain ends, before its state is saved or merged: blocks never span two chains.
+    """
+
+    state_names = ("count", "sum_phi", "sum_phi_sq", "sum_d", "sum_phi_d", "blocks", "block_scalar", "block_token")
 
     count: Tensor  # float64 scalar: number of draws S
     sum_phi: Tensor  # float64 scalar
     sum_phi_sq: Tensor  # float64 scalar
     sum_d: Tensor  # float64 [T]
     sum_phi_d: Tensor  # float64 [T]
+    blocks: Tensor  # float64 scalar: number of closed blocks K
+    block_scalar: Tensor  # float64 [3]: sum_B n^2, n X, X^2
+    block_token: Tensor  # float64 [7, T]: sum_B n Z, n Y, X Z, X Y, Z^2, Z Y, Y^2
+    block: int = 0  # draws per block (0: one block per chain); not state: it never changes a sum
+    _open: tuple[Tensor, Tensor, Tensor] | None = None  # X, Z, Y of the open block
+    _open_n: int = 0  # its draws n
 
     @classmethod
-    def zeros(cls, n_tokens: int, device: torch.device | str = "cpu") -> CovarianceSums:
-        return cls(_zeros(device=device), _zeros(device=device), _zeros(device=device),
-                   _zeros(n_tokens, device=device), _zeros(n_tokens, device=device))
+    def zeros(cls, n_tokens: int, device: torch.device | str = "cpu", block: int = 0) -> CovarianceSums:
+        z = lambda *shape: _zeros(*shape, device=device)  # noqa: E731
+        return cls(z(), z(), z(), z(n_tokens), z(n_tokens), z(), z(3), z(7, n_tokens), block=block)
 
     def update(self, phi: Tensor, d: Tensor) -> None:
         """Fold one draw: phi a scalar, d the [T] centred per-token losses."""
-        phi = phi.to(torch.float64)
+        phi, d = phi.to(torch.float64), d.to(torch.float64)
         self.count += 1
         self.sum_phi += phi
         self.sum_phi_sq += phi * phi
-        self.sum_d += d.to(torch.float64)
-        self.sum_phi_d.add_(d.to(torch.float64) * phi)
+        self.sum_d += d
+        phi_d = d * phi
+        self.sum_phi_d.add_(phi_d)
+        if self._open is None:
+            self._open = (phi.clone(), d.clone(), phi_d)
+        else:
+            x, z, y = self._open
+            x += phi
+            z += d
+            y += phi_d
+        self._open_n += 1
+        if self.block and self._open_n >= self.block:
+            self.close_block()
+
+    def close_block(self) -> None:
+        """Fold the open block's second moments (a no-op when no draw is open)."""
+        if self._open is None:
+            return
+        (x, z, y), n = self._open, float(self._open_n)
+        self._open, self._open_n = None, 0
+        self.blocks += 1
+        self.block_scalar += torch.stack([torch.full_like(x, n * n), n * x, x * x])
+        self.block_token += torch.stack([n * z, n * y, x * z, x * y, z * z, z * y, y * y])
+
+    def merge(self, other: StreamingSums) -> None:
+        self.close_block()
+        other.close_block()
+        super().merge(other)
+
+    def state(self) -> dict[str, Tensor]:
+        self.close_block()
+        return super().state()
 
     def covariance(self) -> Tensor:
         """Cov(phi, d[t]) with the 1/S (population) normalisation of the spec's estimator."""
@@ -89,6 +156,21 @@ class CovarianceSums(StreamingSums):
             raise ValueError(f"a covariance needs at least 2 draws, got {int(self.count)}")
         s = self.count
         return self.sum_phi_d / s - (self.sum_phi / s) * (self.sum_d / s)
+
+    def covariance_variance(self) -> Tensor:
+        """Var of ``covariance()`` by batch means, [T] (module docstring); NaN with fewer than 2 blocks."""
+        self.close_block()
+        if self.blocks < 2:
+            return torch.full_like(self.sum_d, float("nan"))
+        s, k = self.count, self.blocks
+        mu_phi, mu_d, c = self.sum_phi / s, self.sum_d / s, self.covariance()
+        a = mu_phi * mu_d - c  # the coefficient of n_B in Q_B
+        nn, nx, xx = self.block_scalar
+        nz, ny, xz, xy, zz, zy, yy = self.block_token
+        q2 = (yy + mu_d**2 * xx + mu_phi**2 * zz + a**2 * nn
+              - 2 * mu_d * xy - 2 * mu_phi * zy + 2 * a * ny
+              + 2 * mu_d * mu_phi * xz - 2 * a * mu_d * nx - 2 * a * mu_phi * nz)
+        return (k / (k - 1)) * q2.clamp_min(0) / s**2
 
     def phi_variance(self) -> Tensor:
         s = self.count
@@ -102,6 +184,31 @@ def susceptibility(sums: CovarianceSums, nbeta: float, convention: str = "seed")
     if convention == "baker":
         return -sums.covariance()
     raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+
+
+def susceptibility_se(sums: CovarianceSums, nbeta: float, convention: str = "seed") -> Tensor:
+    """chi_se[t]: the batch-means standard error of ``susceptibility`` (module docstring)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    se = sums.covariance_variance().sqrt()
+    return nbeta * se if convention == "seed" else se
+
+
+def reliability(chi: Tensor, chi_se: Tensor) -> float:
+    """max(0, 1 - mean_t chi_se^2 / var_t chi): the share of chi's variance over tokens that is signal.
+
+    NaN when the SE is unknown (fewer than two blocks) or chi does not vary over tokens."""
+    chi, chi_se = chi.reshape(-1).double(), chi_se.reshape(-1).double()
+    total = chi.var(correction=0)
+    if chi.numel() < 2 or not bool(total > 0) or not bool(torch.isfinite(chi_se).all()):
+        return float("nan")
+    return max(0.0, 1.0 - float(chi_se.square().mean() / total))
+
+
+def default_block(draws: int) -> int:
+    """Draws per batch-means block when the config leaves it open: ceil(draws / 8), so each chain
+    gives about 8 blocks (4 chains: 32) and a block is long against the autocorrelation time."""
+    return max(1, math.ceil(draws / 8))
 
 
 def learning_coefficient(mean_phi: float, nbeta: float) -> float:

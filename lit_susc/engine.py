@@ -141,9 +141,10 @@ def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.T
         return SusceptibilityResult.load(run_dir)
     result = None
     if trainer.is_global_zero:
-        chi = _callback(trainer, SusceptibilityCallback).chi
+        susceptibility = _callback(trainer, SusceptibilityCallback)
+        shape = (len(module.component_names), *module.observation_shape)
         result = SusceptibilityResult(
-            chi=chi.reshape(len(module.component_names), *module.observation_shape),
+            chi=susceptibility.chi.reshape(shape), chi_se=susceptibility.chi_se.reshape(shape),
             components=module.component_names, convention=module.sgld.convention, nbeta=module.sgld.nbeta,
             llc=_callback(trainer, LLCCallback).llc, config={"sgld": module.sgld.to_dict(), **(config or {})},
             tokens=tokens,

@@ -3,7 +3,9 @@
 Layout of a finished run directory::
 
     chi/shard-00000.safetensors   chi[:, tokens start:stop] (float64, components x tokens)
-    result.json                   components, convention, nbeta, observation shape, shard index
+    chi_se/shard-00000.safetensors  its standard error, same shape, convention and sharding
+    result.json                   components, convention, nbeta, observation shape, shard index,
+                                  per-component reliability
     llc.json                      per-component LLC: mean, std, per_chain
     tokens.parquet                (language models) one row per observation token
     traces.parquet                per-chain SGLD traces
@@ -15,6 +17,8 @@ Nothing is pickled. Shards are read lazily (``read_chi``), so large runs need no
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .covariance import reliability as _reliability
 
 FINISHED_MARKER = "summary.json"
 
@@ -41,7 +47,13 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 
 @dataclass
 class SusceptibilityResult:
-    """chi [n_components, *observation shape] (float64) with everything needed to read it."""
+    """chi [n_components, *observation shape] (float64) with everything needed to read it.
+
+    ``chi_se`` is chi's standard error (batch means, lit_susc.covariance), same shape and
+    convention; ``reliability[name]`` = max(0, 1 - mean_t chi_se^2 / var_t chi), the estimated
+    share of that component's variance over tokens that is signal (the expected Pearson between
+    two independent runs); NaN where the SE is unknown.
+    """
 
     chi: torch.Tensor
     components: list[str]
@@ -50,6 +62,16 @@ class SusceptibilityResult:
     llc: dict[str, dict] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     tokens: pa.Table | None = None
+    chi_se: torch.Tensor | None = None
+    reliability: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.chi_se is not None:
+            if self.chi_se.shape != self.chi.shape:
+                raise ValueError(f"chi_se has shape {tuple(self.chi_se.shape)}, chi {tuple(self.chi.shape)}")
+            if not self.reliability:
+                self.reliability = {name: _reliability(self.chi[i], self.chi_se[i])
+                                    for i, name in enumerate(self.components)}
 
     @property
     def description(self) -> str:
@@ -57,33 +79,53 @@ class SusceptibilityResult:
             return "chi = nbeta * Cov(phi_C, l_xy - L_n) (the spec's estimator, 'seed' convention)"
         return "chi = -Cov(phi_C, l_xy - L_n) (Baker et al. 2025 / devinterp, 'baker' convention)"
 
+    @property
+    def median_reliability(self) -> float | None:
+        """The median over components of ``reliability`` (None when no component has one)."""
+        finite = [r for r in self.reliability.values() if math.isfinite(r)]
+        return statistics.median(finite) if finite else None
+
     def in_convention(self, convention: str) -> torch.Tensor:
         """chi converted to the other convention (baker = -seed / nbeta)."""
+        return self.chi * self._factor(convention)
+
+    def se_in_convention(self, convention: str) -> torch.Tensor:
+        """chi_se in the other convention (baker = seed / nbeta: a standard error has no sign)."""
+        if self.chi_se is None:
+            raise ValueError("this result holds no chi_se")
+        return self.chi_se * abs(self._factor(convention))
+
+    def _factor(self, convention: str) -> float:
         if convention == self.convention:
-            return self.chi
+            return 1.0
         if {convention, self.convention} != {"seed", "baker"}:
             raise ValueError(f"unknown convention {convention!r}; use 'seed' or 'baker'")
-        return self.chi * (-1.0 / self.nbeta if convention == "baker" else -self.nbeta)
+        return -1.0 / self.nbeta if convention == "baker" else -self.nbeta
 
     def save(self, directory: str | Path, shard_tokens: int = 1 << 20, extra: dict | None = None) -> Path:
         """Write the run's outputs; ``summary.json`` last, so a crash leaves no finished-looking run."""
         directory = Path(directory)
-        (directory / "chi").mkdir(parents=True, exist_ok=True)
-        flat = self.chi.reshape(len(self.components), -1).to(torch.float64)
-        n_tokens = flat.shape[1]
+        tensors = {"chi": self.chi, **({"chi_se": self.chi_se} if self.chi_se is not None else {})}
+        flat = {k: v.reshape(len(self.components), -1).to(torch.float64) for k, v in tensors.items()}
+        n_tokens = flat["chi"].shape[1]
+        for key in flat:
+            (directory / key).mkdir(parents=True, exist_ok=True)
         shards = []
         for i, start in enumerate(range(0, max(n_tokens, 1), shard_tokens)):
             stop = min(start + shard_tokens, n_tokens)
-            name = f"chi/shard-{i:05d}.safetensors"
-            tmp = directory / (name + ".tmp")
-            save_file({"chi": flat[:, start:stop].contiguous()}, str(tmp),
-                      metadata={"convention": self.convention, "start": str(start), "stop": str(stop)})
-            tmp.replace(directory / name)
-            shards.append({"file": name, "start": start, "stop": stop})
+            shard = {"start": start, "stop": stop}
+            for key, values in flat.items():  # chi's file is "file"; its SE's "chi_se_file"
+                name = f"{key}/shard-{i:05d}.safetensors"
+                tmp = directory / (name + ".tmp")
+                save_file({key: values[:, start:stop].contiguous()}, str(tmp),
+                          metadata={"convention": self.convention, "start": str(start), "stop": str(stop)})
+                tmp.replace(directory / name)
+                shard["file" if key == "chi" else f"{key}_file"] = name
+            shards.append(shard)
         meta = {
             "components": self.components, "convention": self.convention, "description": self.description,
             "nbeta": self.nbeta, "observation_shape": list(self.chi.shape[1:]), "n_tokens": n_tokens,
-            "shards": shards, "config": self.config,
+            "shards": shards, "reliability": _json_floats(self.reliability), "config": self.config,
         }
         write_json(directory / "result.json", meta)
         write_json(directory / "llc.json", self.llc)
@@ -91,6 +133,7 @@ class SusceptibilityResult:
             write_parquet(directory / "tokens.parquet", self.tokens)
         write_json(directory / FINISHED_MARKER, {
             "components": len(self.components), "tokens": n_tokens, "convention": self.convention,
+            "median_reliability": self.median_reliability, "reliability": _json_floats(self.reliability),
             **(extra or {}),
         })
         return directory
@@ -99,11 +142,20 @@ class SusceptibilityResult:
     def load(cls, directory: str | Path) -> SusceptibilityResult:
         directory = Path(directory)
         meta = read_metadata(directory)
-        chi = read_chi(directory).reshape(len(meta["components"]), *meta["observation_shape"])
+        shape = (len(meta["components"]), *meta["observation_shape"])
+        chi = read_chi(directory).reshape(shape)
+        has_se = all("chi_se_file" in shard for shard in meta["shards"])
+        chi_se = read_chi_se(directory).reshape(shape) if has_se else None
         tokens = pq.read_table(directory / "tokens.parquet") if (directory / "tokens.parquet").exists() else None
         llc = json.loads((directory / "llc.json").read_text())
         return cls(chi=chi, components=meta["components"], convention=meta["convention"], nbeta=meta["nbeta"],
-                   llc=llc, config=meta["config"], tokens=tokens)
+                   llc=llc, config=meta["config"], tokens=tokens, chi_se=chi_se,
+                   reliability={k: float("nan") if v is None else v for k, v in meta.get("reliability", {}).items()})
+
+
+def _json_floats(values: dict[str, float]) -> dict[str, float | None]:
+    """NaN as null: JSON has no NaN."""
+    return {k: v if math.isfinite(v) else None for k, v in values.items()}
 
 
 def read_metadata(directory: str | Path) -> dict:
@@ -117,16 +169,30 @@ def read_metadata(directory: str | Path) -> dict:
 def read_chi(directory: str | Path, start: int = 0, stop: int | None = None,
              components: list[int] | None = None) -> torch.Tensor:
     """chi[:, start:stop] as [n_components, stop-start], reading only the shards it overlaps."""
+    return _read_shards(directory, "chi", start, stop, components)
+
+
+def read_chi_se(directory: str | Path, start: int = 0, stop: int | None = None,
+                components: list[int] | None = None) -> torch.Tensor:
+    """chi_se[:, start:stop] (chi's standard error), read like ``read_chi``."""
+    return _read_shards(directory, "chi_se", start, stop, components)
+
+
+def _read_shards(directory: str | Path, key: str, start: int, stop: int | None,
+                 components: list[int] | None) -> torch.Tensor:
     directory = Path(directory)
     meta = read_metadata(directory)
     stop = meta["n_tokens"] if stop is None else min(stop, meta["n_tokens"])
+    file_key = "file" if key == "chi" else f"{key}_file"
     parts = []
     for shard in meta["shards"]:
         lo, hi = max(start, shard["start"]), min(stop, shard["stop"])
         if lo >= hi:
             continue
-        with safe_open(str(directory / shard["file"]), framework="pt") as f:
-            part = f.get_slice("chi")[:, lo - shard["start"]:hi - shard["start"]]
+        if file_key not in shard:
+            raise FileNotFoundError(f"{directory} holds no {key} (written by an older lit-susc); rerun the sampling")
+        with safe_open(str(directory / shard[file_key]), framework="pt") as f:
+            part = f.get_slice(key)[:, lo - shard["start"]:hi - shard["start"]]
         parts.append(part if components is None else part[components])
     if not parts:
         return torch.zeros(len(components or meta["components"]), 0, dtype=torch.float64)
