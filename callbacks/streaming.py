@@ -70,8 +70,8 @@ class ComponentSumsCallback(L.Callback):
                 for unit in units.get(lo + j, []):
                     state = load_unit_tensors(pl_module.unit_dir(unit), self.state_name, pl_module.device)
                     sums.merge(type(sums).from_state(state))
-            stacked = {k: reduce_sum(trainer, torch.stack([s.state()[k] for s in local])).cpu()
-                       for k in local[0].state_names}
+            states = [s.state() for s in local]
+            stacked = {k: reduce_sum(trainer, torch.stack([st[k] for st in states])).cpu() for k in states[0]}
             results += [self.summarize(type(local[0]).from_state({k: v[j] for k, v in stacked.items()}), pl_module)
                         for j in range(len(local))]
         self.results = {k: torch.stack([r[k] for r in results]) for k in results[0]}

@@ -7,11 +7,11 @@ from .components import discover_components, resolve_components, select_componen
 from .config import ComputeConfig, SGLDConfig
 from .influence import BIFResult
 from .langevin import SGLD, RMSPropSGLD
-from .result import SusceptibilityResult, read_chi
+from .result import SusceptibilityResult, read_chi, read_chi_se
 
 __all__ = [
     "BIFResult", "ComputeConfig", "RMSPropSGLD", "SGLD", "SGLDConfig", "SusceptibilityResult", "discover_components",
-    "estimate_bif", "estimate_susceptibilities", "read_chi", "resolve_components", "select_components",
+    "estimate_bif", "estimate_susceptibilities", "read_chi", "read_chi_se", "resolve_components", "select_components",
 ]
 
 

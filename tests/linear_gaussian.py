@@ -27,3 +27,12 @@ def model_at(theta: torch.Tensor) -> nn.Linear:
     with torch.no_grad():
         model.weight.copy_(theta[None])
     return model
+
+
+def exact_chi(X: torch.Tensor, X_obs: torch.Tensor, cols: list[int], nbeta: float, localization: float) -> torch.Tensor:
+    """chi_j = nbeta/2 tr(H_CC S_C (x_jC x_jC^T - H_CC) S_C), S_C = (nbeta H_CC + localization I)^-1,
+    H = X^T X / n (seed convention), for every row x_j of X_obs."""
+    idx = torch.tensor(cols)
+    H = (X.T @ X / len(X)).double()[idx][:, idx]
+    S = torch.linalg.inv(nbeta * H + localization * torch.eye(len(cols), dtype=torch.float64))
+    return torch.stack([nbeta / 2 * torch.trace(H @ S @ (torch.outer(x, x) - H) @ S) for x in X_obs.double()[:, idx]])

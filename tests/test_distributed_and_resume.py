@@ -1,4 +1,4 @@
-"""A run's chi does not depend on how its (component, chain) units are split or interrupted."""
+"""A run's chi and chi_se do not depend on how its (component, chain) units are split or interrupted."""
 
 import os
 import signal
@@ -35,6 +35,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     double = _run(tmp_path / "two", 2)
     assert double.components == single.components
     assert _max_relative_difference(double.chi, single.chi) <= 1e-9
+    assert _max_relative_difference(double.chi_se, single.chi_se) <= 1e-9
     assert double.llc == single.llc or all(
         abs(double.llc[c]["mean"] - single.llc[c]["mean"]) <= 1e-9 * abs(single.llc[c]["mean"]) for c in single.llc)
 
@@ -55,3 +56,5 @@ def test_a_killed_run_resumes_to_the_same_chi(tmp_path):
     assert not (run_dir / "summary.json").exists()  # nothing that looks finished
     resumed = _run(run_dir)
     assert torch.equal(resumed.chi, reference.chi)
+    assert torch.equal(resumed.chi_se, reference.chi_se)
+    assert resumed.reliability == reference.reliability

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from linear_gaussian import exact_chi as exact_chi_of
 from linear_gaussian import loss_fn, model_at, problem
-from lit_susc import SGLDConfig, SusceptibilityResult, estimate_susceptibilities
+from lit_susc import SGLDConfig, SusceptibilityResult, estimate_susceptibilities, read_chi_se
 
 N, D = 64, 6
 NBETA, GAMMA = 1000.0, 100.0
@@ -33,8 +34,8 @@ def _posterior(cols):
 
 
 def exact_chi(cols):
-    Xc, H, S = _posterior(cols)
-    return torch.stack([NBETA / 2 * torch.trace(H @ S @ (torch.outer(x, x) - H) @ S) for x in Xc])
+    X, _, _ = _problem()
+    return exact_chi_of(X, X, cols, NBETA, GAMMA)
 
 
 def exact_llc(cols):
@@ -97,5 +98,7 @@ def test_the_model_is_handed_back_at_w_star(result):
 def test_saved_result_round_trips(result, tmp_path):
     result.save(tmp_path, shard_tokens=10)  # several shards
     loaded = SusceptibilityResult.load(tmp_path)
-    assert torch.equal(loaded.chi, result.chi)
+    assert torch.equal(loaded.chi, result.chi) and torch.equal(loaded.chi_se, result.chi_se)
+    assert torch.equal(read_chi_se(tmp_path, 5, 25), result.chi_se[:, 5:25])
+    assert loaded.reliability == result.reliability
     assert loaded.components == result.components and loaded.llc == result.llc
