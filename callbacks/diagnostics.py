@@ -1,4 +1,4 @@
-"""Per-chain loss traces and divergence detection."""
+"""Per-chain loss traces (with the sampler's step norms at draws) and divergence detection."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import lightning as L
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lit_susc.langevin import STEP_NORMS
+
 
 class ChainDivergedError(RuntimeError):
     """A chain's loss became non-finite or exploded."""
 
 
 class DiagnosticsCallback(L.Callback):
-    """Records the minibatch loss of every SGLD step and L_ref at every draw, per chain.
+    """Records the minibatch loss of every SGLD step and, at every draw, L_ref and the step's norms
+    (gradient, noise and localization terms, distance from w*; lit_susc.langevin), per chain.
 
     Traces go to the Lightning logger (``sgld/loss``, ``sgld/phi``) and, per unit, to Parquet
     files that the run gathers into ``traces.parquet``. A non-finite minibatch loss, or one more
@@ -43,7 +46,7 @@ class DiagnosticsCallback(L.Callback):
     def _record(self, pl_module, chain: dict) -> None:
         unit, step, loss = chain["unit"], chain["step"], float(chain["minibatch_loss"])
         if step == 0:
-            self._rows[unit.index] = {"step": [], "loss": [], "ref_loss": []}
+            self._rows[unit.index] = {"step": [], "loss": [], "ref_loss": [], **{name: [] for name in STEP_NORMS}}
         start = float(pl_module.ref_loss_star)
         if not math.isfinite(loss) or (self.max_loss_increase is not None and loss > start + self.max_loss_increase):
             raise ChainDivergedError(
@@ -55,6 +58,8 @@ class DiagnosticsCallback(L.Callback):
         rows["step"].append(step)
         rows["loss"].append(loss)
         rows["ref_loss"].append(float(draw["ref_loss"]) if draw is not None else float("nan"))
+        for name in STEP_NORMS:
+            rows[name].append(float(draw["norms"][name]) if draw is not None else float("nan"))
         if chain["unit_done"]:
             rows = self._rows.pop(unit.index)
             path = pl_module.unit_dir(unit)

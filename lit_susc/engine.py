@@ -13,6 +13,7 @@ import torch
 
 from callbacks import BIFCallback, DiagnosticsCallback, LLCCallback, SusceptibilityCallback
 
+from .diagnostics import diagnostics_table, warn_unconverged
 from .influence import BIFResult
 from .result import FINISHED_MARKER, SusceptibilityResult, write_json, write_parquet
 from .sampler import SusceptibilitySampler
@@ -149,7 +150,12 @@ def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.T
             llc=_callback(trainer, LLCCallback).llc, config={"sgld": module.sgld.to_dict(), **(config or {})},
             tokens=tokens,
         )
-        write_parquet(run_dir / "traces.parquet", DiagnosticsCallback.gather(module))
+        traces = DiagnosticsCallback.gather(module)
+        write_parquet(run_dir / "traces.parquet", traces)
+        table = diagnostics_table(traces, module.component_names, float(module.ref_loss_star))
+        result.diagnostics = {row.pop("component"): row for row in table.to_pylist()}
+        for line in warn_unconverged(table):
+            print(line)
         result.save(run_dir, shard_tokens=shard_tokens,
                     extra={"ref_loss_at_w_star": float(module.ref_loss_star), "chains": module.sgld.chains,
                            "draws": module.sgld.draws})

@@ -11,6 +11,16 @@ the optimizer state so that a checkpoint restores it). Plain SGLD has G = 1. RMS
 V <- a*V + (1-a)*g^2 (raw gradient) and uses G = 1/(sqrt(V) + eps).
 
 Check: noise_level=0, nbeta=1, localization=0, lr=2e is exactly ``torch.optim.SGD(lr=e)``.
+
+Asked for (``norms``, a dict filled in place), a step also reports the Euclidean norms over the
+component's moving entries of its three parts and where it lands:
+
+    gradient      ||(lr/2) G nbeta g||          localization  ||(lr/2) G localization (w - w*)||
+    noise         ||sqrt(lr G) noise_level xi||  distance      ||w_new - w*||
+
+(weight decay and the bounding box are not reported). A chain whose noise dwarfs its gradient
+term is mostly diffusing; one whose localization term grows with its distance is held by the
+prior rather than by the loss.
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+STEP_NORMS = ("gradient", "noise", "localization", "distance")
+"""The per-step norms a step reports when asked (module docstring)."""
 
 
 class SGLD(Optimizer):
@@ -100,43 +113,55 @@ class SGLD(Optimizer):
         return None
 
     @torch.no_grad()
-    def step(self, closure=None, generator: torch.Generator | None = None):  # type: ignore[override]
-        """One Langevin step. ``generator`` makes the noise reproducible per chain."""
+    def step(self, closure=None, generator: torch.Generator | None = None,  # type: ignore[override]
+             norms: dict[str, Tensor] | None = None):
+        """One Langevin step. ``generator`` makes the noise reproducible per chain; ``norms``, if
+        given, receives the step's norms (module docstring; float64 scalars, not synchronised)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        squares = None if norms is None else {}
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state[p]
                 if p.grad is None or not state.get("active", True):
                     continue
-                self._update(p, p.grad, state, group, generator)
+                self._update(p, p.grad, state, group, generator, squares)
+        _finish_norms(squares, norms)
         return loss
 
     @torch.no_grad()
-    def step_chain(self, tensors: list[tuple[Tensor, Tensor, dict]], generator: torch.Generator | None = None) -> None:
+    def step_chain(self, tensors: list[tuple[Tensor, Tensor, dict]], generator: torch.Generator | None = None,
+                   norms: dict[str, Tensor] | None = None) -> None:
         """One Langevin step of one chain whose weights live outside the model (batched chains).
 
         ``tensors``: (value, gradient, state) per moving parameter, in the model's parameter order;
         each state holds that chain's ``anchor`` and ``mask`` (and its own preconditioner
         statistics). The arithmetic and the noise drawn are those of ``step`` on the same values.
         """
+        squares = None if norms is None else {}
         for value, grad, state in tensors:
-            self._update(value, grad, state, self.param_groups[0], generator)
+            self._update(value, grad, state, self.param_groups[0], generator, squares)
+        _finish_norms(squares, norms)
 
     def chain_state(self, p: Tensor) -> dict:
         """A fresh per-chain state for ``p`` (its anchor and mask), for ``step_chain``."""
         return {"anchor": self.state[p]["anchor"], "mask": self.state[p].get("mask")}
 
-    def _update(self, p: Tensor, grad: Tensor, state: dict, group: dict, generator: torch.Generator | None) -> None:
+    def _update(self, p: Tensor, grad: Tensor, state: dict, group: dict, generator: torch.Generator | None,
+                squares: dict[str, Tensor] | None = None) -> None:
         lr, anchor, mask = group["lr"], state["anchor"], state.get("mask")
+        precond = self._preconditioner(state, grad, group)
+        if squares is not None:  # before the update: the terms of this step at the current w
+            scale = lr / 2 if precond is None else precond * (lr / 2)
+            _add_square(squares, "gradient", grad * scale * group["nbeta"], mask)
+            _add_square(squares, "localization", (p - anchor) * scale * group["localization"], mask)
         force = grad.mul(group["nbeta"])
         if group["localization"]:
             force.add_(p - anchor, alpha=group["localization"])
         if group["weight_decay"]:
             force.add_(p, alpha=group["weight_decay"])
-        precond = self._preconditioner(state, grad, group)
         if precond is not None:
             force.mul_(precond)
         if group["noise_level"]:
@@ -144,6 +169,8 @@ class SGLD(Optimizer):
             noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
             if precond is not None:
                 noise.mul_(precond.sqrt())
+            if squares is not None:
+                _add_square(squares, "noise", noise * (math.sqrt(lr) * group["noise_level"]), mask)
             force.add_(noise, alpha=-2 * group["noise_level"] / math.sqrt(lr))  # -(lr/2) * this = sqrt(lr) * noise
         if mask is not None:
             force.mul_(mask)
@@ -151,10 +178,26 @@ class SGLD(Optimizer):
         if group["bounding_box"] is not None:
             b = group["bounding_box"]
             torch.clamp_(p, min=anchor - b, max=anchor + b)
+        if squares is not None:
+            _add_square(squares, "distance", p - anchor, mask)
 
     def _params(self):
         for group in self.param_groups:
             yield from group["params"]
+
+
+def _add_square(squares: dict[str, Tensor], name: str, values: Tensor, mask: Tensor | None) -> None:
+    """Add the squared norm of ``values`` over the moving entries (float64)."""
+    if mask is not None:
+        values = values * mask
+    squares[name] = squares.get(name, 0) + values.double().square().sum()
+
+
+def _finish_norms(squares: dict[str, Tensor] | None, norms: dict[str, Tensor] | None) -> None:
+    if norms is not None:
+        for name in STEP_NORMS:
+            value = squares.get(name)
+            norms[name] = value.sqrt() if value is not None else torch.zeros((), dtype=torch.float64)
 
 
 class RMSPropSGLD(SGLD):

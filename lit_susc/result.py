@@ -7,6 +7,7 @@ Layout of a finished run directory::
     result.json                   components, convention, nbeta, observation shape, shard index,
                                   per-component reliability
     llc.json                      per-component LLC: mean, std, per_chain
+    diagnostics.parquet           per component: R-hat, bulk ESS, autocorrelation time, step norms
     tokens.parquet                (language models) one row per observation token
     traces.parquet                per-chain SGLD traces
     summary.json                  written last: its presence means the run finished
@@ -64,6 +65,8 @@ class SusceptibilityResult:
     tokens: pa.Table | None = None
     chi_se: torch.Tensor | None = None
     reliability: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, dict] = field(default_factory=dict)
+    """Per component: rhat, ess, iat and the step norms (lit_susc.diagnostics)."""
 
     def __post_init__(self) -> None:
         if self.chi_se is not None:
@@ -131,6 +134,9 @@ class SusceptibilityResult:
         write_json(directory / "llc.json", self.llc)
         if self.tokens is not None:
             write_parquet(directory / "tokens.parquet", self.tokens)
+        if self.diagnostics:
+            write_parquet(directory / "diagnostics.parquet",
+                          pa.Table.from_pylist([{"component": k, **v} for k, v in self.diagnostics.items()]))
         write_json(directory / FINISHED_MARKER, {
             "components": len(self.components), "tokens": n_tokens, "convention": self.convention,
             "median_reliability": self.median_reliability, "reliability": _json_floats(self.reliability),
@@ -148,7 +154,10 @@ class SusceptibilityResult:
         chi_se = read_chi_se(directory).reshape(shape) if has_se else None
         tokens = pq.read_table(directory / "tokens.parquet") if (directory / "tokens.parquet").exists() else None
         llc = json.loads((directory / "llc.json").read_text())
-        return cls(chi=chi, components=meta["components"], convention=meta["convention"], nbeta=meta["nbeta"],
+        diagnostics = {}
+        if (directory / "diagnostics.parquet").exists():
+            diagnostics = {row.pop("component"): row for row in pq.read_table(directory / "diagnostics.parquet").to_pylist()}
+        return cls(diagnostics=diagnostics, chi=chi, components=meta["components"], convention=meta["convention"], nbeta=meta["nbeta"],
                    llc=llc, config=meta["config"], tokens=tokens, chi_se=chi_se,
                    reliability={k: float("nan") if v is None else v for k, v in meta.get("reliability", {}).items()})
 

@@ -134,8 +134,8 @@ class SusceptibilitySampler(L.LightningModule):
 
     ``training_step`` returns ``{"chains": [...]}``, for callbacks one dict per chain of the step
     (none when the rank is idle): ``unit``, ``step``, ``minibatch_loss`` (the loss the step used),
-    ``draw`` (None, or a dict with ``phi``, ``ref_loss`` and ``obs_losses`` [T] float64) and
-    ``unit_done``.
+    ``draw`` (None, or a dict with ``phi``, ``ref_loss``, ``obs_losses`` [T] float64 and ``norms``,
+    the step's norms of lit_susc.langevin.STEP_NORMS) and ``unit_done``.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, components: dict[str, Component],
@@ -229,12 +229,14 @@ class SusceptibilitySampler(L.LightningModule):
         if step == 0:
             self._begin_group(units)
         opt = self.optimizers()
+        is_draw = self.sgld.is_draw(step)
+        norms = [{} if is_draw else None for _ in units]  # the step's norms are reported at draws
         views = [self._view("sampling", i, data) for i, data in zip(batch["index"], batch["data"])]
         if self._stacked is None:
             opt.zero_grad(set_to_none=True)
             losses = self.loss_fn(self.model, views[0]).mean()[None]
             self.manual_backward(losses.sum())
-            opt.step(generator=self._generators[0])
+            opt.step(generator=self._generators[0], norms=norms[0])
         else:
             for value in self._stacked.values():
                 value.grad = None
@@ -243,12 +245,13 @@ class SusceptibilitySampler(L.LightningModule):
             self.manual_backward(losses.sum())
             for k, generator in enumerate(self._generators):
                 opt.optimizer.step_chain([(value[k], value.grad[k], self._chain_states[k][name])
-                                          for name, value in self._stacked.items()], generator=generator)
+                                          for name, value in self._stacked.items()], generator=generator,
+                                         norms=norms[k])
         draws = [None] * len(units)
-        if self.sgld.is_draw(step):
+        if is_draw:
             with torch.no_grad():
                 ref, obs = self.reference_losses(), self.observation_losses()
-            draws = [{"ref_loss": ref[k], "phi": ref[k] - self.ref_loss_star, "obs_losses": obs[k]}
+            draws = [{"ref_loss": ref[k], "phi": ref[k] - self.ref_loss_star, "obs_losses": obs[k], "norms": norms[k]}
                      for k in range(len(units))]
         done = step == self.sgld.steps_per_chain - 1
         return {"chains": [{"unit": unit, "step": step, "minibatch_loss": losses[k].detach(), "draw": draws[k],
