@@ -44,8 +44,8 @@ class DiagnosticsCallback(L.Callback):
                 pl_module.log("sgld/phi", float(draw["phi"]), on_step=True, on_epoch=False)
 
     def _record(self, pl_module, chain: dict) -> None:
-        unit, step, loss = chain["unit"], chain["step"], float(chain["minibatch_loss"])
-        if step == 0:
+        unit, step, loss = chain["unit"], chain["chain_step"], float(chain["minibatch_loss"])
+        if chain["step"] == 0:
             self._rows[unit.index] = {"step": [], "loss": [], "ref_loss": [], **{name: [] for name in STEP_NORMS}}
         start = float(pl_module.ref_loss_star)
         if not math.isfinite(loss) or (self.max_loss_increase is not None and loss > start + self.max_loss_increase):

@@ -19,7 +19,7 @@ class LLCCallback(L.Callback):
     state_name = "llc"
 
     def __init__(self) -> None:
-        self._phis: dict[int, list[float]] = {}  # by unit index: phi at each draw so far
+        self._phis: dict[int, list[float]] = {}  # by unit index: phi at each draw so far (rounds: units of one chain)
         self.llc: dict[str, dict] | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -30,17 +30,19 @@ class LLCCallback(L.Callback):
             if chain["draw"] is not None:
                 self._phis[unit.index].append(float(chain["draw"]["phi"]))
             if chain["unit_done"]:
-                phis = self._phis.pop(unit.index)
-                mean_phi = torch.tensor(sum(phis) / len(phis), dtype=torch.float64)
-                save_unit_tensors(pl_module.unit_dir(unit), self.state_name, {"mean_phi": mean_phi})
+                phis = torch.tensor(self._phis.pop(unit.index), dtype=torch.float64)
+                save_unit_tensors(pl_module.unit_dir(unit), self.state_name,
+                                  {"sum_phi": phis.sum(), "count": torch.tensor(float(len(phis)), dtype=torch.float64)})
 
     def on_train_end(self, trainer, pl_module) -> None:
         chains = pl_module.sgld.chains
-        mean_phi = torch.zeros(len(pl_module.component_names), chains, dtype=torch.float64, device=pl_module.device)
-        for unit in pl_module.owned_units():
+        sums = torch.zeros(2, len(pl_module.component_names), chains, dtype=torch.float64, device=pl_module.device)
+        for unit in pl_module.owned_units():  # a chain's rounds add up
             state = load_unit_tensors(pl_module.unit_dir(unit), self.state_name, pl_module.device)
-            mean_phi[unit.component_index, unit.chain] = state["mean_phi"]
-        mean_phi = reduce_sum(trainer, mean_phi).cpu()
+            sums[0, unit.component_index, unit.chain] += state["sum_phi"]
+            sums[1, unit.component_index, unit.chain] += state["count"]
+        sums = reduce_sum(trainer, sums).cpu()
+        mean_phi = sums[0] / sums[1]
         nbeta = pl_module.sgld.nbeta
         self.llc = {}
         for i, name in enumerate(pl_module.component_names):

@@ -55,7 +55,9 @@ class ComponentSumsCallback(L.Callback):
         per_component = sum(t.numel() for t in self.empty_sums(pl_module).state().values()) * 8
         return max(1, pl_module.compute.budget_bytes // (2 * per_component))
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def reduce(self, trainer, pl_module) -> dict[str, torch.Tensor]:
+        """Every component's results from the sums of all units so far, reduced across ranks in
+        blocks (a collective: every rank calls it at the same point)."""
         units: dict[int, list] = {}
         for unit in pl_module.owned_units():
             units.setdefault(unit.component_index, []).append(unit)
@@ -74,5 +76,8 @@ class ComponentSumsCallback(L.Callback):
             stacked = {k: reduce_sum(trainer, torch.stack([st[k] for st in states])).cpu() for k in states[0]}
             results += [self.summarize(type(local[0]).from_state({k: v[j] for k, v in stacked.items()}), pl_module)
                         for j in range(len(local))]
-        self.results = {k: torch.stack([r[k] for r in results]) for k in results[0]}
+        return {k: torch.stack([r[k] for r in results]) for k in results[0]}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.results = self.reduce(trainer, pl_module)
         self.finish(pl_module)

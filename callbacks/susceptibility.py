@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_susc.covariance import CovarianceSums, default_block, susceptibility, susceptibility_se
+from lit_susc.covariance import CovarianceSums, default_block, reliability, susceptibility, susceptibility_se
 
 from .streaming import ComponentSumsCallback
 
@@ -37,6 +37,13 @@ class SusceptibilityCallback(ComponentSumsCallback):
         sgld = pl_module.sgld
         return {"chi": susceptibility(sums, sgld.nbeta, sgld.convention),
                 "chi_se": susceptibility_se(sums, sgld.nbeta, sgld.convention)}
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # With a reliability target every epoch is one round: the sampler decides who goes on.
+        if pl_module.sgld.target_reliability is not None:
+            results = self.reduce(trainer, pl_module)
+            pl_module.finish_round({name: reliability(results["chi"][i], results["chi_se"][i])
+                                    for i, name in enumerate(pl_module.component_names)})
 
     def finish(self, pl_module) -> None:
         self.chi, self.chi_se = self.results["chi"], self.results["chi_se"]

@@ -101,7 +101,7 @@ def _run(model, loss_fn, sampling_data, observation, components, sgld, trainer, 
     resolved = resolve_components(model, components)
     temporary = run_dir is None
     run_dir = Path(tempfile.mkdtemp(prefix="lit-susc-") if temporary else run_dir)
-    lightning_trainer = make_trainer(trainer, run_dir, required)
+    lightning_trainer = make_trainer(trainer, run_dir, required, rounds=sgld.rounds)
     if temporary and lightning_trainer.world_size > 1:
         raise ValueError("a multi-process run needs run_dir: every process must write to the same directory")
     result = runner(SusceptibilitySampler(model, loss_fn, resolved, data, sgld, run_dir, compute), lightning_trainer)

@@ -13,6 +13,7 @@ from .engine import REQUIRED_CALLBACKS, bif_callbacks, run_bif, run_sampling, wi
 from .influence import BIFResult
 from .lm import LMInfluence, LMSusceptibilities
 from .result import SusceptibilityResult
+from .schedule import rounds
 
 HOW_TO_READ = """\
 Read them in Python:
@@ -83,7 +84,10 @@ class LitSuscCLI(LightningCLI):
             trainer.strategy = "ddp_chains"
         if isinstance(trainer.strategy, str) and trainer.strategy.startswith("ddp_spawn"):
             raise ValueError("ddp_spawn is not supported for sampling; use --trainer.strategy ddp")
-        trainer.max_epochs, trainer.use_distributed_sampler = 1, False
+        sgld = self.config[self.subcommand].model.sgld
+        # One epoch per round of targeted sampling (lit_susc.schedule); one without a target.
+        trainer.max_epochs = rounds(sgld.draws, sgld.target_reliability, sgld.max_draws)
+        trainer.reload_dataloaders_every_n_epochs, trainer.use_distributed_sampler = 1, False
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)

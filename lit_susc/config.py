@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 from .langevin import SAMPLERS, SGLD
+from .schedule import rounds
 
 Convention = Literal["seed", "baker"]
 
@@ -29,10 +31,27 @@ class SGLDConfig:
     """Independent chains per component, each started at w*."""
     draws: int = 100
     """Draws kept per chain (observables are evaluated at each)."""
-    burn_in: int = 0
-    """SGLD steps per chain before the first kept draw's steps."""
-    steps_between_draws: int = 1
-    """SGLD steps from one draw to the next (a draw is taken after each block of this many)."""
+    burn_in: int | Literal["auto"] = 0
+    """SGLD steps per chain before the first kept draw's steps; 'auto': measured on a pilot chain
+    (MSER-5 on its phi trace; lit_susc.schedule), recorded per component."""
+    steps_between_draws: int | Literal["auto"] = 1
+    """SGLD steps from one draw to the next (a draw is taken after each block of this many);
+    'auto': the value that maximises effective draws per second, from the pilot chain's
+    autocorrelations and the cost of a draw (lit_susc.schedule), recorded per component."""
+    pilot_steps: int = 200
+    """Steps of the pilot chain that 'auto' measures (one extra chain per component, not in chi);
+    it must span several autocorrelation times."""
+    max_steps_between_draws: int = 32
+    """The largest steps_between_draws that 'auto' may choose."""
+    draw_cost: float | None = None
+    """Cost of one draw (the reference and observation passes) in SGLD steps, for
+    steps_between_draws 'auto'; null: measured by timing the pilot (then the choice can differ
+    between machines, and ranks use rank 0's measurement)."""
+    target_reliability: float | None = None
+    """If set (0 < r < 1): chains are extended in rounds of ``draws`` draws until the component's
+    estimated reliability reaches it or its chains hold ``max_draws`` draws (lit_susc.schedule)."""
+    max_draws: int | None = None
+    """Most draws per chain with target_reliability (a multiple of ``draws``; null: 8 x draws)."""
     seed: int = 0
     """Base seed; chain k of component c uses a generator seeded from (seed, c, k)."""
     sampler: Literal["sgld", "rmsprop_sgld"] = "sgld"
@@ -51,28 +70,49 @@ class SGLDConfig:
     autocorrelation time of the draws, or chi_se comes out too small."""
 
     def __post_init__(self) -> None:
-        for name in ("chains", "draws", "steps_between_draws"):
+        for name in ("lr", "nbeta"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"SGLDConfig.{name} must be a finite number > 0, got {value!r}")
+        for name in ("localization", "noise_level", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"SGLDConfig.{name} must be a finite number >= 0, got {value!r}")
+        for name in ("chains", "draws", "pilot_steps", "max_steps_between_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SGLDConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("burn_in", "steps_between_draws"):
+            value = getattr(self, name)
+            if value != "auto" and not (isinstance(value, int) and value >= (0 if name == "burn_in" else 1)):
+                raise ValueError(f"SGLDConfig.{name} must be 'auto' or an integer >= {0 if name == 'burn_in' else 1}, "
+                                 f"got {value!r}")
         if self.draws < 2:
             raise ValueError("SGLDConfig.draws must be >= 2: a covariance needs at least two draws")
         if self.se_block is not None and self.se_block < 1:
             raise ValueError(f"SGLDConfig.se_block must be >= 1 or null, got {self.se_block}")
-        if self.burn_in < 0:
-            raise ValueError(f"SGLDConfig.burn_in must be >= 0, got {self.burn_in}")
+        if self.draw_cost is not None and not (math.isfinite(self.draw_cost) and self.draw_cost >= 0):
+            raise ValueError(f"SGLDConfig.draw_cost must be a number of steps >= 0 or null, got {self.draw_cost}")
+        if self.target_reliability is not None and not 0 < self.target_reliability < 1:
+            raise ValueError(f"SGLDConfig.target_reliability must be in (0, 1) or null, got {self.target_reliability}")
+        if self.max_draws is not None and (self.max_draws < self.draws or self.max_draws % self.draws):
+            raise ValueError(f"SGLDConfig.max_draws must be a multiple of draws ({self.draws}) or null, got "
+                             f"{self.max_draws}: each round adds draws draws")
+        if self.bounding_box is not None and not (math.isfinite(self.bounding_box) and self.bounding_box > 0):
+            raise ValueError(f"SGLDConfig.bounding_box must be a number > 0 or null, got {self.bounding_box}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"SGLDConfig.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
         if self.convention not in ("seed", "baker"):
             raise ValueError(f"SGLDConfig.convention must be 'seed' or 'baker', got {self.convention!r}")
 
     @property
-    def steps_per_chain(self) -> int:
-        return self.burn_in + self.draws * self.steps_between_draws
+    def needs_pilot(self) -> bool:
+        """Whether a pilot chain measures the burn-in or the thinning."""
+        return self.burn_in == "auto" or self.steps_between_draws == "auto"
 
-    def is_draw(self, step: int) -> bool:
-        """Whether the parameters after SGLD step ``step`` (0-based) are a kept draw."""
-        after_burn_in = step + 1 - self.burn_in
-        return after_burn_in > 0 and after_burn_in % self.steps_between_draws == 0
+    @property
+    def rounds(self) -> int:
+        """Rounds of ``draws`` draws a chain may take (1 without target_reliability)."""
+        return rounds(self.draws, self.target_reliability, self.max_draws)
 
     def make_optimizer(self, params) -> SGLD:
         return SAMPLERS[self.sampler](

@@ -98,12 +98,14 @@ def with_required_callbacks(callbacks: list | None, required: list[L.Callback] |
     return callbacks
 
 
-def make_trainer(trainer: dict | None, run_dir: Path, required: list[L.Callback] | None = None) -> L.Trainer:
-    """A Trainer for sampling: one epoch over the schedule, no checkpoints, our strategy for DDP."""
+def make_trainer(trainer: dict | None, run_dir: Path, required: list[L.Callback] | None = None,
+                 rounds: int = 1) -> L.Trainer:
+    """A Trainer for sampling: one epoch over the schedule per round (``SGLDConfig.rounds``), no
+    checkpoints, our strategy for DDP."""
     kwargs = dict(accelerator="auto", devices=1, logger=False, enable_model_summary=False)
     kwargs.update(trainer or {})
     kwargs.update(
-        max_epochs=1, enable_checkpointing=False, use_distributed_sampler=False,
+        max_epochs=rounds, reload_dataloaders_every_n_epochs=1, enable_checkpointing=False, use_distributed_sampler=False,
         num_sanity_val_steps=0, default_root_dir=str(run_dir),
         callbacks=with_required_callbacks(kwargs.get("callbacks"), required),
         strategy=chains_strategy(kwargs.get("strategy", "auto")),
@@ -154,6 +156,7 @@ def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.T
         write_parquet(run_dir / "traces.parquet", traces)
         table = diagnostics_table(traces, module.component_names, float(module.ref_loss_star))
         result.diagnostics = {row.pop("component"): row for row in table.to_pylist()}
+        result.schedule = module.schedule()
         for line in warn_unconverged(table):
             print(line)
         result.save(run_dir, shard_tokens=shard_tokens,

@@ -35,6 +35,7 @@ FINISHED_MARKER = "summary.json"
 
 
 def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     tmp.replace(path)
@@ -67,6 +68,8 @@ class SusceptibilityResult:
     reliability: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, dict] = field(default_factory=dict)
     """Per component: rhat, ess, iat and the step norms (lit_susc.diagnostics)."""
+    schedule: dict[str, dict] = field(default_factory=dict)
+    """Per component: burn_in, steps_between_draws, rounds and draws per chain (lit_susc.schedule)."""
 
     def __post_init__(self) -> None:
         if self.chi_se is not None:
@@ -128,7 +131,8 @@ class SusceptibilityResult:
         meta = {
             "components": self.components, "convention": self.convention, "description": self.description,
             "nbeta": self.nbeta, "observation_shape": list(self.chi.shape[1:]), "n_tokens": n_tokens,
-            "shards": shards, "reliability": _json_floats(self.reliability), "config": self.config,
+            "shards": shards, "reliability": _json_floats(self.reliability), "schedule": self.schedule,
+            "config": self.config,
         }
         write_json(directory / "result.json", meta)
         write_json(directory / "llc.json", self.llc)
@@ -159,7 +163,8 @@ class SusceptibilityResult:
             diagnostics = {row.pop("component"): row for row in pq.read_table(directory / "diagnostics.parquet").to_pylist()}
         return cls(diagnostics=diagnostics, chi=chi, components=meta["components"], convention=meta["convention"], nbeta=meta["nbeta"],
                    llc=llc, config=meta["config"], tokens=tokens, chi_se=chi_se,
-                   reliability={k: float("nan") if v is None else v for k, v in meta.get("reliability", {}).items()})
+                   reliability={k: float("nan") if v is None else v for k, v in meta.get("reliability", {}).items()},
+                   schedule=meta.get("schedule", {}))
 
 
 def _json_floats(values: dict[str, float]) -> dict[str, float | None]:

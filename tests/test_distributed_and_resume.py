@@ -40,21 +40,44 @@ def test_two_process_ddp_equals_one_process(tmp_path):
         abs(double.llc[c]["mean"] - single.llc[c]["mean"]) <= 1e-9 * abs(single.llc[c]["mean"]) for c in single.llc)
 
 
-def test_a_killed_run_resumes_to_the_same_chi(tmp_path):
-    reference = _run(tmp_path / "uninterrupted")
-    run_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), "1", "--slow"], env=ENV,
+def test_auto_schedule_and_rounds_on_two_processes_equal_one_process(tmp_path):
+    single = _run(tmp_path / "one", 1, "--auto")
+    double = _run(tmp_path / "two", 2, "--auto")
+    assert double.schedule == single.schedule
+    assert max(plan["rounds"] for plan in single.schedule.values()) > 1  # the target made some chains go on
+    assert _max_relative_difference(double.chi, single.chi) <= 1e-9
+    assert _max_relative_difference(double.chi_se, single.chi_se) <= 1e-9
+
+
+def _kill_after(run_dir, done_units, *extra):
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), "1", "--slow", *extra], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     units = run_dir / "state" / "units"
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(units.glob("*/done.json"))) < 2:
+    while time.time() < deadline and len(list(units.glob("*/done.json"))) < done_units:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = len(list(units.glob("*/done.json")))
+    return len(list(units.glob("*/done.json")))
+
+
+def test_a_killed_run_resumes_to_the_same_chi(tmp_path):
+    reference = _run(tmp_path / "uninterrupted")
+    run_dir = tmp_path / "killed"
+    done = _kill_after(run_dir, 2)
     assert 2 <= done < UNITS, done  # killed part-way
     assert not (run_dir / "summary.json").exists()  # nothing that looks finished
     resumed = _run(run_dir)
     assert torch.equal(resumed.chi, reference.chi)
     assert torch.equal(resumed.chi_se, reference.chi_se)
     assert resumed.reliability == reference.reliability
+
+
+def test_a_run_killed_in_a_later_round_resumes_to_the_same_chi(tmp_path):
+    reference = _run(tmp_path / "uninterrupted", 1, "--auto")
+    run_dir = tmp_path / "killed"
+    done = _kill_after(run_dir, UNITS + 1, "--auto")  # past the first round
+    assert (run_dir / "state" / "rounds" / "round-000.json").exists() and not (run_dir / "summary.json").exists(), done
+    resumed = _run(run_dir, 1, "--auto")
+    assert resumed.schedule == reference.schedule
+    assert torch.equal(resumed.chi, reference.chi) and torch.equal(resumed.chi_se, reference.chi_se)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lit_susc import SGLDConfig, estimate_susceptibilities
-from lit_susc.config import SGLDConfig as Config
+from lit_susc.schedule import ChainPlan
 
 
 class Watch(L.Callback):
@@ -36,9 +36,9 @@ def test_parameters_outside_the_component_get_no_gradient_and_never_move():
 
 
 def test_draws_are_taken_after_burn_in_every_steps_between_draws():
-    cfg = Config(draws=3, burn_in=2, steps_between_draws=4)
-    assert cfg.steps_per_chain == 14
-    assert [s for s in range(cfg.steps_per_chain) if cfg.is_draw(s)] == [5, 9, 13]
+    plan = ChainPlan(burn_in=2, steps_between_draws=4, draws=3)
+    assert plan.steps == 14
+    assert [s for s in range(plan.steps) if plan.is_draw(s)] == [5, 9, 13]
 
 
 def test_reducing_the_accumulators_in_blocks_of_one_component_changes_nothing():

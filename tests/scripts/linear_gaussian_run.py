@@ -1,7 +1,10 @@
 """A linear-Gaussian susceptibility run through the Python API, for tests that need a separate
 process (DDP relaunches sys.argv; resume needs a process to kill).
 
-    python tests/scripts/linear_gaussian_run.py RUN_DIR DEVICES [--slow]
+    python tests/scripts/linear_gaussian_run.py RUN_DIR DEVICES [--slow] [--auto]
+
+--auto measures burn-in and thinning on pilot chains (with a fixed draw cost, so that the plan does
+not depend on timing) and extends chains in rounds towards a reliability target.
 """
 
 import sys
@@ -39,6 +42,10 @@ def main() -> None:
     batches = [(X[i:i + 16], y[i:i + 16]) for i in range(0, N, 16)]
     sgld = SGLDConfig(lr=1e-4, nbeta=500.0, localization=100.0, chains=3, draws=40, burn_in=10,
                       steps_between_draws=2, seed=7)
+    if "--auto" in sys.argv:
+        sgld = SGLDConfig(lr=1e-4, nbeta=500.0, localization=100.0, chains=3, draws=20, burn_in="auto",
+                          steps_between_draws="auto", pilot_steps=100, draw_cost=1.0, target_reliability=0.9,
+                          max_draws=60, seed=7)
     trainer = {"accelerator": "cpu", "devices": devices, "enable_progress_bar": False}
     if devices > 1:
         trainer["strategy"] = "ddp"
