@@ -200,11 +200,13 @@ def make_contexts(
     max_contexts: int | None = None,
     *,
     skip_contexts: int = 0,
+    contexts_per_document: int | None = None,
 ) -> ContextSet:
     """Cut ``documents`` into non-overlapping contexts of exactly ``context_length`` tokens.
 
     Each document is tokenized without special tokens and split from its start; the remainder
-    shorter than a context is dropped (so are documents shorter than one context). Contexts are
+    shorter than a context is dropped (so are documents shorter than one context), and so is
+    everything after a document's first ``contexts_per_document`` contexts (None: none). Contexts are
     numbered in document order; the first ``skip_contexts`` are skipped and up to
     ``max_contexts`` of the rest are returned, so two calls with ``skip_contexts`` apart give
     disjoint data. Reading stops as soon as enough contexts are collected.
@@ -215,6 +217,8 @@ def make_contexts(
         raise ValueError(f"max_contexts must be >= 1 or None, got {max_contexts}")
     if skip_contexts < 0:
         raise ValueError(f"skip_contexts must be >= 0, got {skip_contexts}")
+    if contexts_per_document is not None and contexts_per_document < 1:
+        raise ValueError(f"contexts_per_document must be >= 1 or None, got {contexts_per_document}")
 
     names: list[str] = []
     chunks: list[np.ndarray] = []
@@ -227,6 +231,8 @@ def make_contexts(
             doc_id = len(names)
             names.append(doc.name)
             n = len(ids) // context_length
+            if contexts_per_document is not None:
+                n = min(n, contexts_per_document)
             first = min(n, to_skip)
             to_skip -= first
             if max_contexts is not None:

@@ -57,6 +57,9 @@ class TextSource:
     """Tokens per context; each context observes context_length - 1 predicted tokens."""
     max_documents: int | None = None
     """Read at most this many documents (None: as many as the contexts need)."""
+    contexts_per_document: int | None = None
+    """Take at most this many contexts from each document (None: all), so that a fixed number of
+    contexts spans more documents (the stdlib's long files otherwise fill the observation set)."""
 
     def _check_positive(self, *names: str) -> None:
         for name in ("context_length", *names):
@@ -137,7 +140,8 @@ def text_contexts(tokenizer, data: TextSource, n: int, skip: int, source: str | 
     source = source or data.source
     docs = iter_texts(source, split=data.split, text_column=data.text_column,
                       max_documents=data.max_documents, streaming=True)
-    contexts = make_contexts(tokenizer, docs, data.context_length, max_contexts=n, skip_contexts=skip)
+    contexts = make_contexts(tokenizer, docs, data.context_length, max_contexts=n, skip_contexts=skip,
+                             contexts_per_document=data.contexts_per_document)
     if len(contexts) < n:
         raise ValueError(f"data source {source!r} yields only {len(contexts)} contexts of "
                          f"{data.context_length} tokens after skipping {skip}, {n} asked; use more data, "

@@ -49,7 +49,7 @@ from .schedule import ChainPlan, choose_thinning, mser_burn_in
 from .unit_state import load_unit_tensors, save_unit_tensors
 
 PILOT_PROJECTIONS = 4
-"""Fixed random projections of the first observation batch's losses that the pilot traces."""
+"""Fixed random projections of the reference batch's per-token losses that the pilot traces."""
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 """loss_fn(model, batch) -> per-sample losses [B] or per-token losses [B, T]."""
@@ -443,8 +443,8 @@ class SusceptibilitySampler(L.LightningModule):
                 print(f"lit-susc: {self.component_names[c]}: {pilot['reason']}")
 
     def _pilot(self, c: int) -> dict:
-        """A lone chain of component c from w*: phi and projections of the first observation batch's
-        losses after every step, and the cost of a step against a full draw."""
+        """A lone chain of component c from w*: phi and projections of the reference batch's per-token
+        losses after every step (one reference pass), and the cost of a step against a full draw."""
         sgld, name = self.sgld, self.component_names[c]
         self._restrict(self.components[name], lone=True)
         self._stacked = None
@@ -452,8 +452,8 @@ class SusceptibilitySampler(L.LightningModule):
         generator.manual_seed(unit_seed(sgld.seed, c, 0, 2))
         self._generators = [generator]
         order = minibatch_order(sgld.seed, c, 0, 3, len(self.data.sampling), sgld.pilot_steps)
-        first = self._view("observation", 0, self._observation[0])
-        star = self._chain_losses(first).double().flatten()
+        reference = self._view("reference", 0, self._reference)
+        star = self._chain_losses(reference).double().flatten()
         projection = torch.randn(PILOT_PROJECTIONS, len(star), dtype=torch.float64, device=self.device,
                                  generator=torch.Generator(device=self.device).manual_seed(unit_seed(sgld.seed, c, 0, 4)))
         phi, projected, step_time = [], [], 0.0
@@ -464,9 +464,10 @@ class SusceptibilitySampler(L.LightningModule):
             if not math.isfinite(loss):
                 raise FloatingPointError(f"the pilot chain of component {name!r} diverged (minibatch loss {loss}); "
                                          "lower the lr or raise the localization")
-            with torch.no_grad():
-                phi.append(float(self.reference_losses()[0] - self.ref_loss_star))
-                projected.append((projection @ (self._chain_losses(first).double().flatten() - star)).cpu().numpy())
+            with torch.no_grad():  # one reference pass gives phi and the per-token losses projected
+                losses = self._chain_losses(reference).double().flatten()
+                phi.append(float(losses.mean() - self.ref_loss_star))
+                projected.append((projection @ (losses - star)).cpu().numpy())
         start = time.perf_counter()
         with torch.no_grad():
             for _ in range(2):

@@ -3,8 +3,8 @@
 A component's chains follow one ``ChainPlan`` per round: ``burn_in`` SGLD steps (first round only),
 then ``draws`` draws, one after every ``steps_between_draws`` steps. ``sgld.burn_in: auto`` and
 ``sgld.steps_between_draws: auto`` are measured on a pilot chain of the component (its own seed,
-``sgld.pilot_steps`` steps from w*, L_ref and a few fixed random projections of the first
-observation batch's per-token losses after every step; never part of chi):
+``sgld.pilot_steps`` steps from w*; after every step one pass over the reference batch gives
+L_ref and a few fixed random projections of its per-token losses; never part of chi):
 
 - burn-in (MSER-5, White 1997): average the phi trace in batches of 5 steps, y_1..y_m; the
   burn-in is 5 d* steps with d* = argmin_{d <= m/2} sum_{i > d} (y_i - mean_{>d} y)^2 / (m - d)^2,

@@ -83,3 +83,20 @@ def test_pcs_without_variance_are_refused():
     rows = chi_rows(components=4)[:, [0, 1, 0, 1]]  # rank 2
     with pytest.raises(ValueError, match="spans only 2 dimensions"):
         fit(rows)
+
+
+def test_pc_reliability_predicts_the_split_half_correlation_of_pc_scores():
+    """Oracle: two noisy copies of the same chi (independent noise of known SD per component, as
+    independent chains give): the correlation of their PC-k scores is reliability_k."""
+    from lit_susc.aux.pca import pc_reliability
+
+    g = torch.Generator().manual_seed(7)
+    signal = chi_rows(n=20000, components=5, seed=3)
+    sd = torch.tensor([0.3, 0.05, 0.2, 0.01, 0.1], dtype=torch.float64)
+    copies = [signal + torch.randn(signal.shape, generator=g, dtype=torch.float64) * sd for _ in range(2)]
+    basis = fit(copies[0])
+    predicted = pc_reliability(basis, sd.square())
+    scores = [basis.to_pcs(c) for c in copies]
+    measured = torch.tensor([np.corrcoef(scores[0][:, k], scores[1][:, k])[0, 1] for k in range(5)])
+    assert torch.allclose(predicted, measured.clamp_min(0), atol=0.03), (predicted, measured)
+    assert predicted.min() < 0.5 < predicted.max()  # the check spans clean and noisy PCs

@@ -28,6 +28,16 @@ def test_stream_shards_are_make_contexts_cut_into_consecutive_pieces(tokenizer):
     assert [n for s in shards for n in s.documents] == [ref.documents[i] for i in ref.doc_index]
 
 
+def test_contexts_per_document_cuts_the_stream_like_make_contexts(tokenizer):
+    """Oracle: corpus.make_contexts with the same limit; every document gives at most 2 contexts."""
+    docs = lambda: iter_texts("stdlib", max_documents=8)  # noqa: E731
+    shards = list(iter_context_shards(tokenizer, docs(), CONTEXT, shard_contexts=5, max_contexts=12, per_document=2))
+    ref = make_contexts(tokenizer, docs(), CONTEXT, max_contexts=12, contexts_per_document=2)
+    assert torch.equal(torch.cat([s.input_ids for s in shards]), ref.input_ids)
+    assert torch.equal(torch.cat([s.doc_id for s in shards]), ref.doc_index)
+    assert int(torch.bincount(ref.doc_index).max()) == 2 and len(ref.input_ids) == 12
+
+
 def test_ranks_take_disjoint_shards_that_together_cover_the_stream(tokenizer):
     data = StreamConfig(source="stdlib", max_documents=5, max_contexts=40, batch_size=3, shard_contexts=7)
 

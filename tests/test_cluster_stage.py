@@ -85,3 +85,34 @@ def test_fewer_tokens_than_k_is_refused(tmp_path, capsys):
 def test_k_zero_is_refused(tmp_path, capsys):
     _fails(_write_run(tmp_path, np.random.default_rng(0).standard_normal((100, 4))), capsys, "k must be >= 1",
            "--k", "0")
+
+
+def test_pcs_that_are_mostly_noise_are_dropped_before_whitening(tmp_path):
+    """Oracle: 4 signal columns (with the planted groups; chi_se 0.01) and 8 columns of pure noise
+    whose chi_se is their spread: min_pc_reliability 0.5 keeps exactly the 4 signal PCs, and the
+    planted groups are still found in them."""
+    from safetensors.torch import load_file
+
+    rng = np.random.default_rng(2)
+    parts, truth = [rng.standard_normal((1500, 4))], [np.full(1500, -1)]
+    for g, s in enumerate(SIZES):
+        c = rng.standard_normal(4)
+        parts.append(10.0 * c / np.linalg.norm(c) + 0.3 * rng.standard_normal((s, 4)))
+        truth.append(np.full(s, g))
+    signal = np.vstack(parts)
+    X = np.hstack([signal, rng.standard_normal((len(signal), 8))])
+    se = np.hstack([np.full_like(signal, 0.01), np.ones((len(signal), 8))])
+    n = len(X)
+    SusceptibilityResult(chi=torch.as_tensor(X.T.copy()), chi_se=torch.as_tensor(se.T.copy()),
+                         components=[f"c{i}" for i in range(12)], convention="seed", nbeta=10.0,
+                         tokens=pa.table({"doc_id": np.zeros(n, dtype=np.int64), "position": np.arange(n),
+                                          "token_id": np.arange(n) % 7})).save(tmp_path)
+    run.main(["cluster", "--input_dir", str(tmp_path), "--alpha", "0.01", "--eps", "1e-5",
+              "--min_pc_reliability", "0.5"])
+    assert load_file(str(tmp_path / "clusters" / "whitening.safetensors"))["components"].shape[0] == 4
+    labels = pq.read_table(tmp_path / "clusters" / "labels.parquet").column("label").to_numpy()
+    truth = np.concatenate(truth)
+    for g in range(len(SIZES)):
+        members = truth == g
+        assert max(np.sum(members & (labels == c)) / np.sum(members | (labels == c))
+                   for c in np.unique(labels[members]) if c >= 0) >= 0.8

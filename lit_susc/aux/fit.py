@@ -30,13 +30,13 @@ from torch import Tensor
 
 from ..corpus import ContextSet, iter_texts, make_contexts, token_table
 from ..lm import TextDataConfig
-from ..result import FINISHED_MARKER, read_chi, read_metadata, write_json
+from ..result import FINISHED_MARKER, read_chi, read_chi_se, read_metadata, write_json
 from ..tinylm import load_causal_lm
 from .bundle import AuxBundle
 from .features import (ResidualFeatures, check_alignment, check_same_model, config_hash, feature_layers,
                        model_identity)
 from .model import AuxDataModule, AuxModel, AuxModelConfig, normalization_stats
-from .pca import PCABasis, TargetConfig, fit_pca
+from .pca import PCABasis, TargetConfig, fit_pca, pc_reliability
 from .plot import plot_pearson
 from .ridge import RidgeConfig, ridge_pearson
 from .split import SplitConfig, document_split
@@ -70,6 +70,8 @@ class FitData:
     is_val: np.ndarray
     """[N] bool: the token's document is a validation document."""
     pca: PCABasis
+    mean_se_sq: Tensor | None
+    """[n_components]: mean over the training split's tokens of chi_se^2 (None: the run has no chi_se)."""
     feature_mean: Tensor
     feature_std: Tensor
     target_scale: Tensor
@@ -103,7 +105,8 @@ def observation_contexts(tokenizer, data: dict) -> ContextSet:
     cfg = TextDataConfig(**data)
     docs = iter_texts(cfg.source, split=cfg.split, text_column=cfg.text_column, max_documents=cfg.max_documents,
                       streaming=True)
-    return make_contexts(tokenizer, docs, cfg.context_length, max_contexts=cfg.observation_contexts)
+    return make_contexts(tokenizer, docs, cfg.context_length, max_contexts=cfg.observation_contexts,
+                         contexts_per_document=cfg.contexts_per_document)
 
 
 def load_run_base_model(run: dict, trust_remote_code: bool = False):
@@ -192,9 +195,22 @@ def prepare_fit_data(run_dir: str | Path, cache_dir: str | Path, features: Featu
         write_json(stamp, wanted)
     stats = load_file(str(cache_dir / "normalization.safetensors"))
     documents = np.asarray(tokens.column("document").to_pylist(), dtype=object)
+    pca = PCABasis.load(cache_dir / "pca.safetensors")
     return FitData(features=feats, targets=np.load(cache_dir / "targets.npy", mmap_mode="r"), is_val=is_val,
-                   pca=PCABasis.load(cache_dir / "pca.safetensors"), **stats, layers=layers, base_model=identity,
+                   pca=pca, mean_se_sq=_mean_se_sq(run_dir, meta, is_val), **stats, layers=layers,
+                   base_model=identity,
                    documents={"train": len(set(documents[~is_val])), "val": len(set(documents[is_val]))})
+
+
+def _mean_se_sq(run_dir: Path, meta: dict, is_val: np.ndarray) -> Tensor | None:
+    """Per component, the mean of chi_se^2 over the training split; None for a run without chi_se."""
+    if not all("chi_se_file" in shard for shard in meta["shards"]):
+        return None
+    total = torch.zeros(len(meta["components"]), dtype=torch.float64)
+    for a in range(0, meta["n_tokens"], _CHI_CHUNK):
+        se = read_chi_se(run_dir, a, a + _CHI_CHUNK)[:, torch.from_numpy(~is_val[a:a + _CHI_CHUNK])]
+        total += se.square().sum(1)
+    return total / int((~is_val).sum())
 
 
 def _write_targets(run_dir: Path, cache_dir: Path, features: np.ndarray, is_val: np.ndarray, n_tokens: int,
@@ -253,6 +269,7 @@ def fit_aux(trainer: L.Trainer, susceptibilities: str | Path, output_dir: str | 
     L.Trainer.fit(trainer, module, datamodule=datamodule)
     trainer.validate(module, datamodule=datamodule, verbose=False)  # the final weights' per-PC Pearson
     pearson = module.pearson
+    reliability = None if data.mean_se_sq is None else pc_reliability(data.pca, data.mean_se_sq)
     bundle = AuxBundle(model=module, pca=data.pca, feature_mean=data.feature_mean, feature_std=data.feature_std,
                        target_scale=data.target_scale, meta={})
     if trainer.is_global_zero:
@@ -267,15 +284,22 @@ def fit_aux(trainer: L.Trainer, susceptibilities: str | Path, output_dir: str | 
             "documents": data.documents,
             "pc_variances": data.pca.variances.tolist(),
             "pearson": pearson.tolist(), "pearson_mean": float(pearson.mean()),
+            **({"pc_reliability": reliability.tolist(), "noise_ceiling": reliability.sqrt().tolist(),
+                "noise_ceiling_mean": float(reliability.sqrt().mean()), "mean_se_sq": data.mean_se_sq.tolist()}
+               if reliability is not None else {}),
             "ridge": {"pearson": ridge_r.tolist(), "pearson_mean": float(ridge_r.mean()), **ridge_fit},
         }
         if config_text is not None:
             (out_dir / "config.yaml").write_text(config_text)
-        plot_pearson(pearson, ridge_r, out_dir / "pearson.png")
+        ceiling = None if reliability is None else reliability.sqrt()
+        plot_pearson(pearson, ridge_r, out_dir / "pearson.png", ceiling)
         bundle.save(out_dir, {"pearson_mean": float(pearson.mean()), "ridge_pearson_mean": float(ridge_r.mean()),
+                              **({"noise_ceiling_mean": float(ceiling.mean())} if ceiling is not None else {}),
                               "n_pcs": data.pca.n_pcs, "tokens": len(data.is_val), "epochs": trainer.current_epoch})
         print(f"\nlit-susc: aux model for {data.pca.n_pcs} PCs of {len(meta['components'])} components written to "
               f"{out_dir.resolve()}\n  validation Pearson per PC, mean: aux {pearson.mean():.3f}, "
-              f"ridge {ridge_r.mean():.3f} (pearson.png)")
+              f"ridge {ridge_r.mean():.3f}"
+              + (f", noise ceiling sqrt(reliability) {ceiling.mean():.3f}" if ceiling is not None else "")
+              + " (pearson.png)")
     trainer.strategy.barrier("lit-susc aux outputs written")
     return bundle

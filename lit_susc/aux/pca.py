@@ -10,6 +10,15 @@ s_j = the column standard deviation (``standardize``; columns of zero spread kee
 
 Each eigenvector's sign is fixed so that its largest-magnitude entry is positive. Saved as
 safetensors (float64): mean, scale, components [K, n_components], variances [K].
+
+Reliability of each PC (how much of its variance is signal rather than sampling noise). The chains
+of different components are independent, so the noise of token i's PC-k score is a sum over
+components, and with m_j = mean over tokens of chi_se[j, i]^2,
+
+    noise_k = sum_j (V_jk / s_j)^2 m_j,     reliability_k = max(0, 1 - noise_k / lambda_k)
+
+and the best Pearson any predictor of PC k can reach on such targets (its noise ceiling) is
+sqrt(reliability_k).
 """
 
 from __future__ import annotations
@@ -78,6 +87,12 @@ class PCABasis:
     @classmethod
     def load(cls, path: str | Path) -> PCABasis:
         return cls(**load_file(str(path)))
+
+
+def pc_reliability(pca: PCABasis, mean_se_sq: Tensor) -> Tensor:
+    """reliability_k [K] from m_j = mean_i chi_se[j, i]^2 [n_components] (module docstring)."""
+    noise = (pca.components / pca.scale).square() @ mean_se_sq.double()
+    return (1 - noise / pca.variances).clamp_min(0)
 
 
 def fit_pca(chunks: Callable[[], Iterable[Tensor]], config: TargetConfig) -> PCABasis:

@@ -12,7 +12,8 @@ stream, so the numbering needs no communication. Output directory::
                                     doc_id and context count over the whole stream)
     pca.safetensors                 the aux model's PC basis (whitened = pcs / sqrt(variances))
     predict.json                    what was predicted: aux model, data, layout (resume identity)
-    result.json                     components, convention, nbeta, shard index, "source": "aux"
+    result.json                     components, convention, nbeta, shard index, "source": "aux", and
+                                    the ground truth's mean_se_sq (mean chi_se^2 per component)
     summary.json                    written last
 
 Each shard's files are written to a temporary name and renamed, the token table last: a shard
@@ -71,6 +72,8 @@ class StreamConfig:
     """Read at most this many documents (None: all)."""
     max_contexts: int | None = None
     """Predict at most this many contexts (None: the whole source)."""
+    contexts_per_document: int | None = None
+    """Take at most this many contexts from each document (None: all), as in the sample's data."""
     context_length: int | None = None
     """Tokens per context (None: the susceptibility run's)."""
     batch_size: int = 32
@@ -81,7 +84,8 @@ class StreamConfig:
     """Read and tokenize the stream in a DataLoader worker process, ahead of the models."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "shard_contexts", "max_contexts", "max_documents", "context_length"):
+        for name in ("batch_size", "shard_contexts", "max_contexts", "max_documents", "context_length",
+                     "contexts_per_document"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
@@ -117,20 +121,21 @@ def _text_groups(documents: Iterator[Document]) -> Iterator[list[Document]]:
         yield group
 
 
-def _iter_contexts(tokenizer, documents: Iterator[Document], context_length: int):
+def _iter_contexts(tokenizer, documents: Iterator[Document], context_length: int, per_document: int | None = None):
     """(token ids [T], document index, start position, document name) of every context, in stream order."""
     doc_id = 0
     for batch in _text_groups(documents):
         for doc, ids in zip(batch, _encode(tokenizer, [d.text for d in batch])):
-            for start in range(0, len(ids) - context_length + 1, context_length):
+            starts = range(0, len(ids) - context_length + 1, context_length)
+            for start in starts if per_document is None else starts[:per_document]:
                 yield ids[start:start + context_length], doc_id, start, doc.name
             doc_id += 1
 
 
 def iter_context_shards(tokenizer, documents: Iterator[Document], context_length: int, shard_contexts: int,
-                        max_contexts: int | None = None) -> Iterator[ContextShard]:
+                        max_contexts: int | None = None, per_document: int | None = None) -> Iterator[ContextShard]:
     """Cut the documents into contexts like ``make_contexts`` and group them into shards, lazily."""
-    contexts = itertools.islice(_iter_contexts(tokenizer, documents, context_length), max_contexts)
+    contexts = itertools.islice(_iter_contexts(tokenizer, documents, context_length, per_document), max_contexts)
     for index in itertools.count():
         group = list(itertools.islice(contexts, shard_contexts))
         if not group:
@@ -161,7 +166,7 @@ class ContextBatches(IterableDataset):
                           max_documents=data.max_documents, streaming=data.streaming)
         n_shards = 0
         for shard in iter_context_shards(self.tokenizer, docs, self.context_length, data.shard_contexts,
-                                         data.max_contexts):
+                                         data.max_contexts, data.contexts_per_document):
             n_shards = shard.index + 1
             if shard.index % self.world != self.rank or shard.index in self.finished:
                 continue
@@ -364,6 +369,8 @@ def _write_index(out: Path, aux_dir: Path, bundle: AuxBundle, identity: dict, n_
         "description": f"chi predicted by the aux model in {aux_dir} ({meta['convention']} convention), float32",
         "dtype": "float32", "observation_shape": [start], "n_tokens": start, "shards": shards,
         "pcs": {"n_pcs": meta["n_pcs"], "shards": pcs}, "tokens": tokens, "config": identity,
+        # the ground truth's noise per component, for the reliability of directions (cluster.whiten)
+        **({"mean_se_sq": meta["mean_se_sq"]} if "mean_se_sq" in meta else {}),
     })
     write_json(out / FINISHED_MARKER, {"tokens": start, "shards": n_shards, "components": len(meta["components"]),
                                        "n_pcs": meta["n_pcs"], "source": "aux"})

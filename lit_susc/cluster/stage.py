@@ -40,10 +40,12 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import save_file
 
-from ..result import read_chi, read_metadata, write_json, write_parquet
+from ..aux.bundle import PCA_FILE
+from ..aux.pca import PCABasis
+from ..result import read_chi, read_chi_se, read_metadata, write_json, write_parquet
 from .clustering import DEFAULT_CONDUCTANCE_THRESHOLD, DEFAULT_MAX_PUSHES, DEFAULT_SEEDS_PER_ROUND, cluster_graph
 from .knn import graph_from_knn, knn, knn_graph, row_blocks
-from .whiten import whiten
+from .whiten import WhitenInfo, direction_reliability, whiten
 
 
 @dataclass
@@ -59,6 +61,11 @@ class ClusterConfig:
     variance and rows centred (earlier practice); 'none': raw chi."""
     min_variance_ratio: float = 1e-6
     """PCs with variance below this fraction of the largest are dropped before whitening."""
+    min_pc_reliability: float = 0.0
+    """Whitened PCs whose reliability (the share of their variance that is signal; cluster.whiten)
+    is below this are dropped, so that noise PCs do not weigh as much as signal PCs. Needs chi's
+    noise: a sample run's chi_se, or for aux-predicted chi the ground truth's, which aux predict
+    records. 0 keeps every PC."""
     k: int = 45
     """Neighbours per token in the k-NN graph (before symmetrisation)."""
     kernel: Literal["gaussian_local", "gaussian", "unweighted"] = "gaussian_local"
@@ -168,6 +175,8 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
         raise ValueError(f"k must be >= 1, got {config.k}")
     if config.devices < 1:
         raise ValueError(f"devices must be >= 1, got {config.devices}")
+    if not 0 <= config.min_pc_reliability < 1:
+        raise ValueError(f"min_pc_reliability must be in [0, 1), got {config.min_pc_reliability}")
     if config.accelerator not in ("auto", "cpu", "gpu", "cuda"):
         raise ValueError(f"unknown accelerator {config.accelerator!r}; use 'auto', 'cpu', 'gpu' or 'cuda'")
     meta = read_metadata(run_dir)
@@ -182,6 +191,7 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
     if tokens.num_rows != chi.shape[1]:
         raise ValueError(f"the token table of {run_dir} has {tokens.num_rows} rows but chi has {chi.shape[1]} "
                          "tokens: the matrix and its token table do not match")
+    noise = _chi_noise(run_dir, meta, chi) if config.min_pc_reliability > 0 else None
     X = chi.T.contiguous().numpy()
     if not np.isfinite(X).all():
         raise ValueError(f"chi in {run_dir} holds non-finite values; rerun or repair the sampling stage")
@@ -193,7 +203,7 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     try:
         with _rank_threads(config.devices) if fabric is not None else nullcontext():
-            labels, stats, A, info, timings = _compute(config, X, fabric, rank, world, progress and rank == 0)
+            labels, stats, A, info, timings = _compute(config, X, fabric, rank, world, progress and rank == 0, noise)
         if rank == 0:
             _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, world)
     finally:
@@ -202,12 +212,45 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
     return out
 
 
-def _compute(config: ClusterConfig, X: np.ndarray, fabric, rank: int, world: int, progress: bool):
+def _chi_noise(run_dir: Path, meta: dict, chi: torch.Tensor) -> tuple[np.ndarray, PCABasis | None]:
+    """(m_j = mean_t chi_se[j]^2, the ground truth's PCA or None when chi is the ground truth itself)."""
+    if meta.get("source") == "aux":
+        if "mean_se_sq" not in meta:
+            raise ValueError(f"cluster.min_pc_reliability needs the noise of chi, but {run_dir} was predicted by an aux "
+                             "model fitted on a run without chi_se; refit the aux model on a current sample run or "
+                             "set min_pc_reliability: 0")
+        return np.asarray(meta["mean_se_sq"]), PCABasis.load(run_dir / PCA_FILE)
+    return read_chi_se(run_dir).square().mean(1).numpy(), None
+
+
+def _reliable_pcs(X: np.ndarray, info: WhitenInfo, noise, threshold: float) -> tuple[np.ndarray, WhitenInfo]:
+    """Drop the whitened PCs whose reliability is below ``threshold`` (cluster.whiten)."""
+    mean_se_sq, truth = noise
+    if truth is None:  # chi is the ground truth: v^T C v is the PC's own variance
+        signal = info.variances
+    else:  # v^T C v with C the ground truth's covariance, from its PCA (in units of chi)
+        basis = truth.components.numpy() * truth.scale.numpy()
+        signal = np.square(info.components @ basis.T) @ truth.variances.numpy()
+    reliability = direction_reliability(info.components, mean_se_sq, signal)
+    keep = reliability >= threshold
+    if not keep.any():
+        raise ValueError(f"no whitened PC has a reliability of at least {threshold} (largest {reliability.max():.2f}); "
+                         "lower cluster.min_pc_reliability or sample chi with more draws")
+    print(f"lit-susc: whitening keeps {int(keep.sum())} of {len(keep)} PCs with reliability >= {threshold} "
+          f"(reliabilities {', '.join(f'{r:.2f}' for r in reliability[:12])}{', ...' if len(keep) > 12 else ''})")
+    return X[:, keep], info.keep(keep)
+
+
+def _compute(config: ClusterConfig, X: np.ndarray, fabric, rank: int, world: int, progress: bool, noise=None):
     timings = {}
     t = time.perf_counter()
     info = None
     if config.preprocessing != "none":
         X, info = whiten(X, mode=config.preprocessing, min_variance_ratio=config.min_variance_ratio)
+        if noise is not None:
+            if config.preprocessing != "whiten":
+                raise ValueError("cluster.min_pc_reliability applies to PCs: use preprocessing: whiten")
+            X, info = _reliable_pcs(X, info, noise, config.min_pc_reliability)
     timings["whiten_s"] = time.perf_counter() - t
     t = time.perf_counter()
     device = _knn_device(config, fabric)

@@ -8,6 +8,16 @@ principal direction to unit variance so each counts equally:
 
 mode="standardize" is the older practice: Z_ij = (x_ij - mu_j) / sigma_j, then each row minus
 its own mean (no rotation; zero-variance columns are left at 0).
+
+Whitening gives every kept PC unit variance, so a PC that is mostly sampling noise weighs as much
+in the distances as one that is mostly signal. With the noise of chi known (m_j = mean over tokens
+of chi_se[j]^2; components are sampled independently, so their noise is uncorrelated) and the
+covariance C of the ground-truth chi, the reliability of a direction v is
+
+    reliability(v) = max(0, 1 - sum_j v_j^2 m_j / v^T C v)
+
+(for the run's own PCs v^T C v = lambda), and ``drop_unreliable`` removes the whitened PCs below a
+threshold.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["whiten", "WhitenInfo"]
+__all__ = ["direction_reliability", "whiten", "WhitenInfo"]
 
 
 @dataclass
@@ -30,6 +40,10 @@ class WhitenInfo:
     components: np.ndarray | None  # [m, d], rows = kept PCs, descending variance ("whiten")
     variances: np.ndarray | None  # [m] variance of each kept PC ("whiten")
     scale: np.ndarray | None = None  # [d] column std ("standardize")
+
+    def keep(self, mask: np.ndarray) -> WhitenInfo:
+        """The same map restricted to the PCs where ``mask`` is True."""
+        return WhitenInfo(self.mode, self.mean, self.components[mask], self.variances[mask], self.scale)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64) - self.mean
@@ -95,3 +109,10 @@ def whiten(
     for a in range(0, n, chunk_size):
         Z[a : a + chunk_size] = info.transform(X[a : a + chunk_size])
     return Z, info
+
+
+def direction_reliability(components: np.ndarray, mean_se_sq: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """reliability(v) [m] of the rows v of ``components`` [m, d], with v^T C v given as ``variances``
+    [m] and m_j as ``mean_se_sq`` [d] (module docstring)."""
+    noise = np.square(components) @ np.asarray(mean_se_sq, dtype=np.float64)
+    return np.clip(1 - noise / np.asarray(variances, dtype=np.float64), 0, None)

@@ -627,9 +627,13 @@ def _write_plots(report_dir: Path, inputs: Inputs, traced: list[str]) -> list[Pl
         plot_pca_variance(variances, plots / "pca_variance.png")
         out.append(PlotEntry("pca", "PCA of chi", "plots/pca_variance.png",
                           f"Variance of the {len(variances)} PCs of chi the aux model predicts (training split)."))
-        plot_pearson(inputs.aux["pearson"], inputs.aux["ridge"]["pearson"], plots / "pearson.png")
+        ceiling = inputs.aux.get("noise_ceiling")
+        plot_pearson(inputs.aux["pearson"], inputs.aux["ridge"]["pearson"], plots / "pearson.png", ceiling)
         out.append(PlotEntry("pearson", "Aux model accuracy", "plots/pearson.png",
-                          "Validation Pearson r per PC (held-out documents), aux model beside the ridge baseline."))
+                          "Validation Pearson r per PC (held-out documents), aux model beside the ridge baseline"
+                          + (f"; black ticks: each PC's noise ceiling sqrt(reliability), the best any predictor can "
+                             f"reach on these targets (mean {np.mean(ceiling):.2f} against the aux model's "
+                             f"{np.mean(inputs.aux['pearson']):.2f})." if ceiling else ".")))
     if inputs.clusters.num_rows:
         plot_cluster_sizes(inputs.clusters, plots / "cluster_sizes.png")
         out.append(PlotEntry("sizes", "Cluster sizes", "plots/cluster_sizes.png", "Histogram of cluster sizes."))

@@ -329,9 +329,11 @@ def plot_pca_variance(pc_variances: Sequence[float], path: str | Path, *, total_
     return save_png(fig, path)
 
 
-def plot_pearson(aux_pearson: Sequence[float], ridge_pearson: Sequence[float], path: str | Path) -> Path:
+def plot_pearson(aux_pearson: Sequence[float], ridge_pearson: Sequence[float], path: str | Path,
+                 ceiling: Sequence[float] | None = None) -> Path:
     """Per-PC validation Pearson of the aux model beside the ridge baseline (aux.json's 'pearson' and
-    'ridge'/'pearson'); the aux stage's own figure (``lit_susc.aux.plot``), drawn again here.
+    'ridge'/'pearson') and each PC's noise ceiling ('noise_ceiling', when the run has chi_se); the
+    aux stage's own figure (``lit_susc.aux.plot``), drawn again here.
 
     Raises:
         ValueError: if the two lists are empty or differ in length.
@@ -343,7 +345,7 @@ def plot_pearson(aux_pearson: Sequence[float], ridge_pearson: Sequence[float], p
                          "(ridge); pass aux.json's 'pearson' and 'ridge'/'pearson'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _plot_aux_pearson(aux, ridge, path)
+    _plot_aux_pearson(aux, ridge, path, None if ceiling is None else torch.as_tensor(np.asarray(ceiling, dtype=np.float64)))
     return path
 
 
