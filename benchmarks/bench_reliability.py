@@ -10,6 +10,7 @@ with two seeds, whose measured Pearson is printed beside the predicted one.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_reliability.py                       # every setting
     OMP_NUM_THREADS=1 python benchmarks/bench_reliability.py --settings 1 auto     # some of them
+    OMP_NUM_THREADS=1 python benchmarks/bench_reliability.py --settings auto --seeds 1 --components layers.1.mlp
     python benchmarks/bench_reliability.py --report                                # the table only
 
 Runs are kept under runs/bench_reliability/ (finished ones are reused, so settings can be run in
@@ -116,12 +117,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--components", nargs="*", default=COMPONENTS)
+    parser.add_argument("--seeds", nargs="*", type=int, default=None,
+                        help="seeds to run (default: 0, and 0 and 1 for auto)")
     parser.add_argument("--report", action="store_true", help="print the table of the finished runs only")
     args = parser.parse_args()
     if not args.report:
         pretrained = quickstart_model()
         for setting in args.settings:
-            for seed in ((0, 1) if setting == "auto" else (0,)):
+            for seed in args.seeds if args.seeds is not None else ((0, 1) if setting == "auto" else (0,)):
                 for component in args.components:
                     row = run_one(pretrained, setting, component, seed)
                     print(f"bench: {setting} seed {seed} {component}: {row['seconds']:.0f} s, "

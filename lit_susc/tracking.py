@@ -5,8 +5,9 @@ Lightning Trainer (sample, aux_fit) log their steps to it live; once a stage has
 pipeline adds the stage's summary numbers, its plots and its tables to the same run (same id):
 
     model        the tiny LM's training summary
-    sample       summary, per-component LLC table, SGLD loss traces, LLC heatmap
-    aux_fit      per-PC Pearson (aux and ridge) and PCA explained variance
+    sample       summary (reliability per component and its median), per-component table (LLC,
+                 reliability, R-hat, ESS), SGLD loss traces, LLC heatmap, reliability bars
+    aux_fit      per-PC Pearson (aux and ridge), the mean noise ceiling, PCA explained variance
     aux_predict  summary
     cluster      summary, the cluster table (with each cluster's most frequent tokens), size histogram
     analyse      the leak table, CKA and Jaccard-kNN by layer
@@ -68,15 +69,25 @@ def stage_record(pipeline, stage: str) -> tuple[dict[str, float], dict[str, Path
         metrics = _numbers(_read_json(d / "summary.json"), stage)
         llc = _read_json(d / "llc.json")
         components = list(llc)
+        reliability = _read_json(d / "summary.json").get("reliability", {})
+        diagnostics = ({r.pop("component"): r for r in pq.read_table(d / "diagnostics.parquet").to_pylist()}
+                       if (d / "diagnostics.parquet").exists() else {})
         tables["sample/llc"] = pa.table({"component": components, "llc_mean": [llc[c]["mean"] for c in components],
-                                         "llc_std": [llc[c]["std"] for c in components]})
+                                         "llc_std": [llc[c]["std"] for c in components],
+                                         "reliability": [reliability.get(c) for c in components],
+                                         "rhat": [diagnostics.get(c, {}).get("rhat") for c in components],
+                                         "ess": [diagnostics.get(c, {}).get("ess") for c in components]})
+        if reliability:
+            images["sample/reliability"] = plots.plot_reliability(reliability, components, figures / "reliability.png",
+                                                                  threshold=0.3)
         images["sample/traces"] = plots.plot_traces(pq.read_table(d / "traces.parquet"), components[:4],
                                                     figures / "traces.png")
         images["sample/llc"] = plots.plot_llc_heatmap(llc, components, figures / "llc.png")
     elif stage == "aux_fit":
         aux = _read_json(d / "aux.json")
         metrics = {f"{stage}/pearson_mean": aux["pearson_mean"], f"{stage}/ridge_pearson_mean": aux["ridge"]["pearson_mean"],
-                   f"{stage}/n_pcs": float(aux["n_pcs"])}
+                   f"{stage}/n_pcs": float(aux["n_pcs"]),
+                   **({f"{stage}/noise_ceiling_mean": aux["noise_ceiling_mean"]} if "noise_ceiling_mean" in aux else {})}
         images["aux_fit/pearson"] = d / "pearson.png"
         images["aux_fit/pca_variance"] = plots.plot_pca_variance(aux["pc_variances"], figures / "pca_variance.png")
         tables["aux_fit/pearson"] = pa.table({"pc": list(range(len(aux["pearson"]))), "aux": aux["pearson"],

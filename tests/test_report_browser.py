@@ -74,7 +74,10 @@ def _traces() -> pa.Table:
 
 def _write_sample_run(directory: Path, X: np.ndarray, tokens: list[str]) -> Path:
     llc = {c: {"mean": 1.0 + i, "std": 0.1, "per_chain": [0.9 + i, 1.1 + i]} for i, c in enumerate(COMPONENTS)}
-    SusceptibilityResult(chi=torch.as_tensor(X.T.copy()), components=COMPONENTS, convention="seed", nbeta=10.0,
+    # the six heads' chi is mostly noise (reliability 1 - 0.9^2 = 0.19), the rest is signal (0.9975)
+    se = X.std(axis=0) * np.where(np.arange(len(COMPONENTS)) < 6, 0.9, 0.05)
+    SusceptibilityResult(chi=torch.as_tensor(X.T.copy()), chi_se=torch.as_tensor(np.broadcast_to(se, X.shape).T.copy()),
+                         components=COMPONENTS, convention="seed", nbeta=10.0,
                          llc=llc, config={"model": {"pretrained": "tiny-test-lm", "revision": None}},
                          tokens=_token_table(tokens)).save(directory, shard_tokens=256,
                                                            extra={"ref_loss_at_w_star": 4.0})
@@ -86,7 +89,8 @@ def _write_aux_fit(directory: Path) -> Path:
     directory.mkdir()
     (directory / "aux.json").write_text(json.dumps({
         "components": COMPONENTS, "n_pcs": 4, "pc_variances": [9.0, 3.0, 1.0, 0.5],
-        "pearson": [0.9, 0.8, 0.6, 0.4], "pearson_mean": 0.675, "ridge": {"pearson": [0.8, 0.6, 0.3, 0.1]}}))
+        "pearson": [0.9, 0.8, 0.6, 0.4], "pearson_mean": 0.675, "ridge": {"pearson": [0.8, 0.6, 0.3, 0.1]},
+        "noise_ceiling": [0.99, 0.95, 0.7, 0.5]}))
     (directory / "summary.json").write_text("{}")
     return directory
 
@@ -278,11 +282,24 @@ def test_cluster_pages_link_back_to_the_index_and_to_their_neighbours(work):
 def test_index_embeds_every_plot_and_the_leak_table(work):
     report = work["index"].parent
     images = {a["src"] for t, a in Elements(work["index"].read_text()).tags if t == "img"}
-    assert images == {"plots/traces.png", "plots/llc.png", "plots/pca_variance.png", "plots/pearson.png",
-                      "plots/cluster_sizes.png", "plots/leak.png"}
+    assert images == {"plots/traces.png", "plots/llc.png", "plots/reliability.png", "plots/reliability_map.png",
+                      "plots/pca_variance.png", "plots/pearson.png", "plots/cluster_sizes.png", "plots/leak.png"}
     assert (report / "plots" / "leak.png").read_bytes() == (work["analysis"] / "leak.png").read_bytes()
     text = work["index"].read_text()
     assert "cka_ground_truth" in text and "0.91" in text and "jaccard_aux" in text
+
+
+def test_index_warns_plainly_when_the_median_component_is_mostly_noise(work):
+    text = work["index"].read_text(encoding="utf-8")
+    assert 'class="banner"' in text and "Mostly noise" in text and "median component reliability is 0.19" in text
+    assert 'src="plots/reliability.png"' in text and (work["root"] / "report" / "plots" / "reliability.png").exists()
+    assert "noise ceiling 0.785" in text  # the aux model's Pearson beside the best any predictor can reach
+
+
+def test_profiles_hatch_the_components_whose_chi_is_mostly_noise(work):
+    page = (work["root"] / "report" / "clusters" / f"{work['clusters'][0]['label']}.html").read_text(encoding="utf-8")
+    assert page.count('fill="url(#muted)"') == 6  # the six heads, below ReportConfig.min_reliability = 0.3
+    assert "layers.0.heads.0: " in page and "reliability 0.19" in page and "reliability 1.00" in page
 
 
 def test_index_is_written_last(work):

@@ -7,9 +7,9 @@
 
 from .browser import ReportConfig, build_report
 from .plots import (ComponentGrid, component_grid, plot_cluster_sizes, plot_llc_heatmap, plot_pca_variance,
-                    plot_pearson, plot_profile, plot_traces)
+                    plot_pearson, plot_profile, plot_reliability, plot_traces)
 
 __all__ = [
     "ComponentGrid", "ReportConfig", "build_report", "component_grid", "plot_cluster_sizes", "plot_llc_heatmap",
-    "plot_pca_variance", "plot_pearson", "plot_profile", "plot_traces",
+    "plot_pca_variance", "plot_pearson", "plot_profile", "plot_reliability", "plot_traces",
 ]

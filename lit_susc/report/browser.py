@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 import torch
 
 from ..result import FINISHED_MARKER, read_chi, read_metadata, write_json
-from .plots import (component_grid, component_map_svg, plot_cluster_sizes, plot_llc_heatmap, plot_pca_variance,
-                    plot_pearson, plot_traces)
+from .plots import (component_grid, component_map_svg, plot_cluster_sizes, plot_component_map, plot_llc_heatmap,
+                    plot_pca_variance, plot_pearson, plot_reliability, plot_traces)
 
 REPORT_MARKER = "report.json"
 INDEX = "index.html"
@@ -70,11 +70,19 @@ class ReportConfig:
     """Tokens of chi read at a time (memory: components x this x 8 bytes)."""
     example_seed: int = 0
     """Seeds the choice of example tokens, so a rebuilt report shows the same examples."""
+    min_reliability: float = 0.3
+    """Components whose reliability (the share of their chi's variance over tokens that is signal)
+    is below this are drawn hatched grey in the cluster profiles: their chi is mostly noise."""
+    warn_median_reliability: float = 0.5
+    """Below this median component reliability the index page carries a banner saying so."""
 
     def __post_init__(self) -> None:
         for name in ("examples_per_cluster", "context_left", "context_right", "top_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ReportConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("min_reliability", "warn_median_reliability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"ReportConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.chi_block_tokens < 1:
             raise ValueError(f"ReportConfig.chi_block_tokens must be >= 1, got {self.chi_block_tokens}")
         if self.profile not in ("zscore", "raw"):
@@ -155,7 +163,7 @@ def build_report(report_dir: str | Path, *, cluster_dir: str | Path, sample_dir:
     inputs = read_inputs(cluster_dir, sample_dir, aux_dir, analysis_dir)
     traced = trace_components(inputs, config) if inputs.traces is not None else []
     report_dir = _claim(Path(report_dir), inputs, config)
-    plots = _write_plots(report_dir, inputs, traced)
+    plots = _write_plots(report_dir, inputs, traced, config)
     clusters = summarize_clusters(inputs, config)
     _write_cluster_pages(report_dir, inputs, clusters, config)
     index = report_dir / INDEX
@@ -479,6 +487,7 @@ table.kwic td { white-space: pre; padding: 1px 4px; }
 table.kwic td.left { text-align: right; } table.kwic td.where { color: #888; font: 11px system-ui, sans-serif; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; } figure svg { max-width: 100%; height: auto; }
 nav a, nav span { margin-right: 1em; } .muted { color: #777; } .note { background: #fffbe6; padding: 0.5em; }
+.banner { background: #fdecea; border-left: 4px solid #c0392b; padding: 0.6em 0.8em; }
 #controls { margin: 0.5em 0; } #controls button { margin-right: 0.4em; }
 th button { border: none; background: none; font: inherit; font-weight: bold; cursor: pointer; padding: 0; }
 """
@@ -605,7 +614,7 @@ class PlotEntry:
     caption: str
 
 
-def _write_plots(report_dir: Path, inputs: Inputs, traced: list[str]) -> list[PlotEntry]:
+def _write_plots(report_dir: Path, inputs: Inputs, traced: list[str], config: ReportConfig) -> list[PlotEntry]:
     plots, out = report_dir / "plots", []
     if inputs.traces is not None:
         plot_traces(inputs.traces, traced, plots / "traces.png",
@@ -622,6 +631,18 @@ def _write_plots(report_dir: Path, inputs: Inputs, traced: list[str]) -> list[Pl
                              "head grid, MLPs, embeddings and other components on the strip below."))
     else:
         out.append(PlotEntry("llc", "LLC per component", None, f"{inputs.sample_dir}/llc.json holds no LLC."))
+    if _reliability(inputs):
+        components = inputs.sample_meta["components"]
+        plot_reliability(_reliability(inputs), components, plots / "reliability.png", threshold=config.min_reliability)
+        plot_component_map([np.nan if _reliability(inputs).get(c) is None else _reliability(inputs)[c]
+                            for c in components], components, plots / "reliability_map.png",
+                           title="Reliability per component", colorbar_label="reliability")
+        out.append(PlotEntry("reliability", "Reliability per component", "plots/reliability.png",
+                             "The share of each component's chi variance over tokens that is signal, "
+                             "max(0, 1 - mean_t chi_se^2 / var_t chi): the expected Pearson between two independent "
+                             f"runs. Grey: below {config.min_reliability:g}, hatched in the cluster profiles."))
+        out.append(PlotEntry("reliability-map", "Reliability on the component map", "plots/reliability_map.png",
+                             "The same reliabilities on the layer x head grid (MLPs and embeddings below)."))
     if inputs.aux is not None:
         variances = inputs.aux["pc_variances"]
         plot_pca_variance(variances, plots / "pca_variance.png")
@@ -672,7 +693,8 @@ def _cluster_page(inputs: Inputs, clusters: list[Cluster], i: int, config: Repor
 <table class="data tokens"><thead><tr><th>token</th><th class="num">count</th><th class="num">share</th></tr></thead>
 <tbody>{tokens}</tbody></table>
 <h2>Mean susceptibility profile</h2>
-<figure>{component_map_svg(c.profile, components, label=_profile_label(config, inputs), diverging=config.profile == "zscore")}
+<figure>{component_map_svg(c.profile, components, label=_profile_label(config, inputs), diverging=config.profile == "zscore",
+                          muted=_unreliable(inputs, config), notes=_reliability_notes(inputs))}
 <figcaption class="note">{_e(_profile_note(config, inputs.input_meta["convention"]))}</figcaption></figure>
 <p>Largest in magnitude: {strongest or '<span class="muted">none</span>'}</p>
 <h2>Tokens in context</h2>
@@ -684,6 +706,35 @@ up to {config.context_left} tokens before and {config.context_right} after, with
 </tbody></table>
 {nav}"""
     return _page(f"Cluster {c.label}", body)
+
+
+def _reliability(inputs: Inputs) -> dict[str, float | None]:
+    return inputs.sample_meta.get("reliability") or {}
+
+
+def _unreliable(inputs: Inputs, config: ReportConfig) -> list[str]:
+    """Components whose chi is mostly noise (reliability below ReportConfig.min_reliability)."""
+    return [c for c, r in _reliability(inputs).items() if r is None or r < config.min_reliability]
+
+
+def _reliability_notes(inputs: Inputs) -> dict[str, str]:
+    return {c: "reliability unknown" if r is None else f"reliability {r:.2f}" for c, r in _reliability(inputs).items()}
+
+
+def _reliability_banner(inputs: Inputs, config: ReportConfig) -> str:
+    """A plain warning when the median component's chi is mostly noise."""
+    known = [r for r in _reliability(inputs).values() if r is not None]
+    if not known:
+        return ('<p class="banner">This sampling run reports no reliability (no chi_se): nothing here says how much '
+                'of chi is signal. Rerun the sample stage with a current lit-susc.</p>')
+    median = float(np.median(known))
+    if median >= config.warn_median_reliability:
+        return ""
+    return (f'<p class="banner"><strong>Mostly noise.</strong> The median component reliability is {median:.2f}: '
+            f"about {100 * (1 - median):.0f}% of a typical component's chi variation across tokens is sampling noise, "
+            "so profiles and clusters here say more about the noise (and token identity, through the aux model) than "
+            "about susceptibilities. Sample with more draws or set <code>sgld.target_reliability</code> "
+            "(README, \"How much of chi is signal\").</p>")
 
 
 def _profile_label(config: ReportConfig, inputs: Inputs) -> str:
@@ -705,12 +756,16 @@ def _summary(inputs: Inputs, clusters: list[Cluster]) -> str:
     grid = component_grid(sample["components"])
     kinds = f"{len(grid.cells)} heads on {grid.n_layers} layers, {len(grid.strip)} others" if grid.cells else ""
     sgld = sample.get("config", {}).get("sgld", {})
+    known = [r for r in _reliability(inputs).values() if r is not None]
     rows = [
         ("model", _e(name)),
         ("sampling run", f"<code>{_e(inputs.sample_dir)}</code>: {sample['n_tokens']} tokens"
                          + (f", {sgld.get('chains')} chains x {sgld.get('draws')} draws" if sgld else "")),
         ("components", f"{len(sample['components'])}" + (f" ({kinds})" if kinds else "")),
         ("convention", _e(f"{sample['convention']} (nbeta {sample['nbeta']:g}): {sample.get('description', '')}")),
+        ("reliability", f"median {np.median(known):.2f} over components (range {min(known):.2f}-{max(known):.2f}); "
+                        "the share of chi's variance over tokens that is signal, the expected Pearson between two "
+                        "independent runs" if known else "unknown (no chi_se)"),
     ]
     if meta.get("source") == "aux":
         rows.append(("clustered chi", f"<code>{_e(inputs.input_dir)}</code>: {meta['n_tokens']} tokens predicted by "
@@ -725,7 +780,9 @@ def _summary(inputs: Inputs, clusters: list[Cluster]) -> str:
         aux = inputs.aux
         rows.append(("aux model", f"<code>{_e(inputs.aux_dir)}</code>: {len(aux['pc_variances'])} PCs, mean "
                                   f"validation Pearson {np.mean(aux['pearson']):.3f} (ridge "
-                                  f"{np.mean(aux['ridge']['pearson']):.3f})"))
+                                  f"{np.mean(aux['ridge']['pearson']):.3f}"
+                                  + (f"; noise ceiling {np.mean(aux['noise_ceiling']):.3f}" if "noise_ceiling" in aux
+                                     else "") + ")"))
     return _facts(rows)
 
 
@@ -782,6 +839,7 @@ def _index_page(inputs: Inputs, clusters: list[Cluster], figures: list[PlotEntry
     body = f"""<h1>Susceptibility clusters</h1>
 <p class="muted">Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Each cluster page shows its {profile} mean
 susceptibility profile{why}, frequent tokens and tokens in context.</p>
+{_reliability_banner(inputs, config)}
 <h2>Run</h2>
 {_summary(inputs, clusters)}
 <nav id="plot-links">Plots: {links}</nav>
