@@ -9,6 +9,7 @@
     python run.py analyse --config ...       (the leak check; the pipeline writes its config)
     python run.py report --config ...        (the cluster browser; likewise)
     python run.py bif --config configs/bif_quickstart.yaml
+    python run.py calibrate --config configs/calibrate_quickstart.yaml   (lr x nbeta x localization sweep)
 
 Known bad input ends with one ``lit-susc: error: ...`` line and exit status 2; set
 ``LIT_SUSC_DEBUG=1`` for the full traceback.
@@ -24,6 +25,7 @@ COMMANDS = {
     "cluster": "lit_susc.cluster.stage",
     "analyse": "lit_susc.analysis.stage",
     "report": "lit_susc.report.stage",
+    "calibrate": "lit_susc.calibration_cli",
 }
 """Commands with their own parser; ``sample`` and ``bif`` go to LightningCLI (lit_susc.cli)."""
 

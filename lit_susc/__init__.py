@@ -10,8 +10,9 @@ from .langevin import SGLD, RMSPropSGLD
 from .result import SusceptibilityResult, read_chi, read_chi_se
 
 __all__ = [
-    "BIFResult", "ComputeConfig", "RMSPropSGLD", "SGLD", "SGLDConfig", "SusceptibilityResult", "discover_components",
-    "estimate_bif", "estimate_susceptibilities", "read_chi", "read_chi_se", "resolve_components", "select_components",
+    "BIFResult", "ComputeConfig", "RMSPropSGLD", "SGLD", "SGLDConfig", "SusceptibilityResult", "calibrate",
+    "discover_components", "estimate_bif", "estimate_susceptibilities", "read_chi", "read_chi_se", "resolve_components",
+    "select_components",
 ]
 
 
@@ -22,4 +23,8 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "calibrate":  # it calls the API, so it comes in lazily too
+        from .calibration import calibrate
+
+        return calibrate
     raise AttributeError(f"module 'lit_susc' has no attribute {name!r}")

@@ -131,7 +131,11 @@ def fit_in_run_dir(module: SusceptibilitySampler, trainer: L.Trainer, required: 
         return False
     if config_text is not None and trainer.is_global_zero:
         (run_dir / "config.yaml").write_text(config_text)
-    trainer.fit(module)
+    try:
+        trainer.fit(module)
+    except BaseException:
+        module.hand_back()  # Lightning skips on_train_end when a run raises (a diverging chain)
+        raise
     return True
 
 

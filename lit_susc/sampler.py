@@ -157,7 +157,8 @@ class SusceptibilitySampler(L.LightningModule):
     ``functional_call``), each chain with its own minibatches and noise, as if run alone.
 
     ``training_step`` returns ``{"chains": [...]}``, for callbacks one dict per chain of the step
-    (none when the rank is idle): ``unit``, ``step``, ``minibatch_loss`` (the loss the step used),
+    (none when the rank is idle): ``unit``, ``step`` (in the unit's round), ``chain_step`` (in the
+    chain, over its rounds), ``minibatch_loss`` (the loss the step used),
     ``draw`` (None, or a dict with ``phi``, ``ref_loss``, ``obs_losses`` [T] float64 and ``norms``,
     the step's norms of lit_susc.langevin.STEP_NORMS) and ``unit_done``.
     """
@@ -342,8 +343,12 @@ class SusceptibilitySampler(L.LightningModule):
                 write_json(path / "done.json", {"component": unit.component, "chain": unit.chain, "round": unit.round})
 
     def on_train_end(self) -> None:
-        # Hand the model back as it came: at w*, with its own requires_grad flags.
-        self.optimizers().optimizer.restore_anchor()
+        self.hand_back()
+
+    def hand_back(self) -> None:
+        """The model as it came: at w*, with its own requires_grad flags (also after a failed fit)."""
+        if self._trainer is not None and self.trainer.optimizers:
+            self.trainer.optimizers[0].restore_anchor()
         self._stacked = None
         for name, p in self._params.items():
             p.requires_grad_(self._requires_grad[name])

@@ -37,3 +37,18 @@ def exact_chi(X: torch.Tensor, X_obs: torch.Tensor, cols: list[int], nbeta: floa
     H = (X.T @ X / len(X)).double()[idx][:, idx]
     S = torch.linalg.inv(nbeta * H + localization * torch.eye(len(cols), dtype=torch.float64))
     return torch.stack([nbeta / 2 * torch.trace(H @ S @ (torch.outer(x, x) - H) @ S) for x in X_obs.double()[:, idx]])
+
+
+def two_blocks(n: int = 256, d: int = 16, n_obs: int = 256):
+    """The chi_se oracle's setting: (X, y, theta*, X_obs, y_obs, components) with components "a"
+    and "b" the two halves of the d weights; observation points drawn like the training data."""
+    X, y, theta = problem(n, d, label_noise=0.01, seed=0)
+    g = torch.Generator().manual_seed(11)
+    X_obs = torch.randn(n_obs, d, generator=g)
+    y_obs = X_obs @ theta + 0.01 * torch.randn(n_obs, generator=g)
+    components = {}
+    for name, cols in {"a": range(d // 2), "b": range(d // 2, d)}.items():
+        mask = torch.zeros(1, d, dtype=torch.bool)
+        mask[0, list(cols)] = True
+        components[name] = {"weight": mask}
+    return X, y, theta, X_obs, y_obs, components

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from linear_gaussian import exact_chi, loss_fn, model_at, problem
+from linear_gaussian import exact_chi, loss_fn, model_at, two_blocks
 from lit_susc import SGLDConfig, estimate_susceptibilities
 
 N, D, NBETA, GAMMA, SEEDS = 256, 16, 1000.0, 100.0, 4
@@ -25,15 +25,7 @@ BLOCKS = {"a": list(range(8)), "b": list(range(8, 16))}
 
 @pytest.fixture(scope="module")
 def runs():
-    X, y, theta = problem(N, D, label_noise=0.01, seed=0)
-    g = torch.Generator().manual_seed(11)
-    X_obs = torch.randn(256, D, generator=g)
-    y_obs = X_obs @ theta + 0.01 * torch.randn(256, generator=g)
-    masks = {}
-    for name, cols in BLOCKS.items():
-        mask = torch.zeros(1, D, dtype=torch.bool)
-        mask[0, cols] = True
-        masks[name] = {"weight": mask}
+    X, y, theta, X_obs, y_obs, masks = two_blocks(N, D)
     results = []
     for seed in range(SEEDS):
         sgld = SGLDConfig(lr=5e-5, nbeta=NBETA, localization=GAMMA, chains=4, draws=300, burn_in=200,

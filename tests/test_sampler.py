@@ -57,3 +57,20 @@ def test_reducing_the_accumulators_in_blocks_of_one_component_changes_nothing():
 
     one_block, per_component = chi(1.0), chi(1e-9)  # 1e-9 GB holds less than one component's sums
     assert torch.equal(one_block, per_component) and one_block.abs().sum() > 0
+
+
+def test_a_diverging_run_hands_the_model_back_at_w_star():
+    import pytest
+
+    from callbacks import ChainDivergedError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    w_star = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = torch.randn(32, 4), torch.randn(32)
+    with pytest.raises(ChainDivergedError):
+        estimate_susceptibilities(model, lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2, [(x, y)], [(x, y)],
+                                  sgld=SGLDConfig(lr=50.0, nbeta=100.0, localization=0.0, chains=1, draws=20),
+                                  trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    assert all(torch.equal(p, w_star[n]) for n, p in model.named_parameters())
+    assert all(p.requires_grad for p in model.parameters())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from linear_gaussian import exact_chi, loss_fn, model_at, problem
+from linear_gaussian import exact_chi, loss_fn, model_at, two_blocks
 from lit_susc import SGLDConfig, estimate_susceptibilities
 from lit_susc.schedule import ChainPlan, choose_thinning, mser_burn_in
 
@@ -48,12 +48,7 @@ def test_white_noise_is_not_thinned():
 
 
 def _data():
-    X, y, theta = problem(N, D, label_noise=0.01, seed=0)
-    masks = {}
-    for name, cols in BLOCKS.items():
-        mask = torch.zeros(1, D, dtype=torch.bool)
-        mask[0, cols] = True
-        masks[name] = {"weight": mask}
+    X, y, theta, _, _, masks = two_blocks(N, D)
     return X, y, theta, masks
 
 
