@@ -265,7 +265,7 @@ def plot_reliability(reliability: Mapping[str, float | None], components: Sequen
     ax.set_xticks(x[::every], short[::every], rotation=70, fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("reliability")
-    ax.set_title("Reliability of chi per component (share of its variance over tokens that is signal)", fontsize=10)
+    ax.set_title("Reliability of chi per component (share of its variance that is signal)", fontsize=9)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return save_png(fig, path, dpi=120)
