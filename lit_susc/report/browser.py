@@ -652,9 +652,11 @@ def _write_plots(report_dir: Path, inputs: Inputs, traced: list[str], config: Re
         plot_pearson(inputs.aux["pearson"], inputs.aux["ridge"]["pearson"], plots / "pearson.png", ceiling)
         out.append(PlotEntry("pearson", "Aux model accuracy", "plots/pearson.png",
                           "Validation Pearson r per PC (held-out documents), aux model beside the ridge baseline"
-                          + (f"; black ticks: each PC's noise ceiling sqrt(reliability), the best any predictor can "
-                             f"reach on these targets (mean {np.mean(ceiling):.2f} against the aux model's "
-                             f"{np.mean(inputs.aux['pearson']):.2f})." if ceiling else ".")))
+                          + (f"; black ticks: each PC's noise ceiling sqrt(reliability), the best a predictor whose "
+                             f"errors are independent of chi's noise can reach (mean {np.mean(ceiling):.2f} against "
+                             f"the aux model's {np.mean(inputs.aux['pearson']):.2f}). Chain noise is a smooth function "
+                             "of the tokens' activations, so a bar at or above its tick is fitting noise." if ceiling
+                             else ".")))
     if inputs.clusters.num_rows:
         plot_cluster_sizes(inputs.clusters, plots / "cluster_sizes.png")
         out.append(PlotEntry("sizes", "Cluster sizes", "plots/cluster_sizes.png", "Histogram of cluster sizes."))
