@@ -2,10 +2,12 @@
 
 For each setting, the quickstart's model, data and sampler (lr 1e-3, nbeta 100, localization 300)
 sample four representative components (a block-0 head, a block-3 head, an MLP, the unembedding)
-with 4 chains x 200 draws; each component is its own run, timed on its own. From each run's
+with 4 chains x 200 draws; each component is its own run, timed on its own (CPU time of the one
+thread, pilot included, which a shared machine changes less than wall time). From each run's
 estimated reliability rho (lit_susc.covariance: the predicted split-half Pearson) the
 Spearman-Brown formula gives the factor n = 9 (1 - rho) / rho by which its draws must grow for a
-split-half Pearson of 0.9, so the time to 0.9 is n times the run's time. Setting ``auto`` runs
+split-half Pearson of 0.9, so the time to 0.9 is n times the run's time (pilot included: an
+approximation, since the pilot's cost does not grow with the draws). Setting ``auto`` runs
 with two seeds, whose measured Pearson is printed beside the predicted one.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_reliability.py                       # every setting
@@ -61,13 +63,13 @@ def run_one(pretrained: str, setting: str, component: str, seed: int) -> dict:
         return json.loads(record.read_text())
     config = yaml.safe_load(Path("configs/quickstart.yaml").read_text())["sample"]["model"]
     sgld = SGLDConfig(**{**config["sgld"], "chains": 4, "draws": 200, "seed": seed, **SETTINGS[setting]})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     module = LMSusceptibilities(pretrained=pretrained, components=[component], data=TextDataConfig(**config["data"]),
                                 sgld=sgld, output_dir=str(out), compute=ComputeConfig(**config["compute"]))
     trainer = make_trainer({"accelerator": "cpu", "enable_progress_bar": False}, out, rounds=sgld.rounds)
     res = run_sampling(module, trainer, tokens=module.tokens, identity_extra=module.describe())
-    seconds = time.perf_counter() - start
-    row = {"setting": setting, "component": component, "seed": seed, "seconds": seconds,
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    row = {"setting": setting, "component": component, "seed": seed, "seconds": seconds, "cpu_seconds": cpu,
            "reliability": res.reliability[component], **res.schedule[component],
            "ess": res.diagnostics[component]["ess"], "rhat": res.diagnostics[component]["rhat"]}
     record.write_text(json.dumps(row))
@@ -76,29 +78,31 @@ def run_one(pretrained: str, setting: str, component: str, seed: int) -> dict:
 
 
 def time_to_09(row: dict) -> float:
+    """CPU seconds to a split-half Pearson of 0.9 by Spearman-Brown (CPU time: one thread, so the
+    machine's other load changes it less than the wall time)."""
     rho = row["reliability"]
-    return float("inf") if not rho > 0 else row["seconds"] * 9 * (1 - rho) / rho
+    return float("inf") if not rho > 0 else row["cpu_seconds"] * 9 * (1 - rho) / rho
 
 
 def report() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(ROOT.glob("sbd-*/seed-*/*/bench.json"))]
     if not rows:
         return "no finished runs under " + str(ROOT)
-    lines = ["| steps_between_draws | component | s (4 x 200 draws) | reliability | chosen (burn-in, thinning) | "
-             "time to split-half 0.9 (s) |", "|---|---|---|---|---|---|"]
+    lines = ["| steps_between_draws | component | CPU s (4 x 200 draws) | reliability | chosen (burn-in, thinning) | "
+             "CPU s to split-half 0.9 |", "|---|---|---|---|---|---|"]
     medians = {}
     for setting in SETTINGS:
-        mine = [r for r in rows if r["setting"] == setting and r["seed"] == 0]
+        mine = [r for r in rows if r["setting"] == setting and r["seed"] == 0 and "cpu_seconds" in r]
         if not mine:
             continue
         for r in mine:
-            lines.append(f"| {setting} | {r['component']} | {r['seconds']:.0f} | {r['reliability']:.2f} | "
+            lines.append(f"| {setting} | {r['component']} | {r['cpu_seconds']:.0f} | {r['reliability']:.2f} | "
                          f"{r['burn_in']}, {r['steps_between_draws']} | {time_to_09(r):.0f} |")
         medians[setting] = statistics.median(time_to_09(r) for r in mine)
     lines.append("")
     base = medians.get("1")
     for setting, m in medians.items():
-        lines.append(f"median time to 0.9, steps_between_draws {setting}: {m:.0f} s"
+        lines.append(f"median CPU time to 0.9, steps_between_draws {setting}: {m:.0f} s"
                      + (f" ({base / m:.2f}x faster than 1)" if base and setting != "1" else ""))
     pairs = [(r, q) for r in rows for q in rows if r["setting"] == q["setting"] and r["component"] == q["component"]
              and r["seed"] == 0 and q["seed"] == 1]
