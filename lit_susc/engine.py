@@ -182,6 +182,9 @@ def run_bif(module: SusceptibilitySampler, trainer: L.Trainer, granularity: str 
             config: dict | None = None, config_text: str | None = None, top_k: int = 10) -> BIFResult:
     """Fit (or resume, or skip when finished) a BIF run and write its outputs; returns the result."""
     run_dir = module.run_dir
+    if module.sgld.target_reliability is not None:
+        raise ValueError("sgld.target_reliability extends chains until chi is reliable; a BIF run has no chi: "
+                         "set it to null and choose draws (and max_draws) yourself")
     extra = {"kind": "bif", "n_train": _callback(trainer, BIFCallback).n_train, **(identity_extra or {})}
     if not fit_in_run_dir(module, trainer, BIF_CALLBACKS, extra, config_text):
         return BIFResult.load(run_dir)

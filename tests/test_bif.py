@@ -87,3 +87,12 @@ def test_streaming_sums_equal_the_batch_covariance_and_merge_across_chains():
     first.merge(second)
     exact = (a - a.mean(0)).T @ (b - b.mean(0)) / 50  # the 1/S normalisation
     torch.testing.assert_close(bayesian_influence(first), -exact, rtol=1e-12, atol=1e-14)
+
+
+def test_a_reliability_target_is_refused_for_a_bif_run():
+    X, y = torch.randn(16, 3), torch.randn(16)
+    model = torch.nn.Linear(3, 1, bias=False)
+    with pytest.raises(ValueError, match="target_reliability"):
+        estimate_bif(model, lambda m, b: 0.5 * (b[1] - m(b[0]).squeeze(-1)) ** 2, [(X, y)], [(X[:4], y[:4])],
+                     [(X[4:8], y[4:8])], sgld=SGLDConfig(target_reliability=0.8, max_draws=400),
+                     trainer={"accelerator": "cpu", "enable_progress_bar": False})
