@@ -45,7 +45,7 @@ from .components import Component
 from .config import ComputeConfig, SGLDConfig
 from .prefix import PrefixCache
 from .result import write_json
-from .schedule import ChainPlan, choose_thinning, mser_burn_in
+from .schedule import ChainPlan, choose_thinning, covariance_products, mser_burn_in
 from .unit_state import load_unit_tensors, save_unit_tensors
 
 PILOT_PROJECTIONS = 4
@@ -482,7 +482,7 @@ class SusceptibilitySampler(L.LightningModule):
         trace = np.asarray(phi)
         burn_in, settled = mser_burn_in(trace) if sgld.burn_in == "auto" else (min(sgld.burn_in, len(trace) // 2), True)
         draw_cost = measured if sgld.draw_cost is None else sgld.draw_cost
-        series = np.concatenate([trace[None], np.asarray(projected).T], axis=0)[:, burn_in:]
+        series = covariance_products(trace[burn_in:], np.asarray(projected).T[:, burn_in:])
         choice = choose_thinning(series, draw_cost, sgld.max_steps_between_draws)
         between = choice.steps_between_draws if sgld.steps_between_draws == "auto" else sgld.steps_between_draws
         reason = [f"burn_in {burn_in} (MSER-5 on the {len(trace)}-step pilot"

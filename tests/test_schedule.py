@@ -66,7 +66,9 @@ def test_auto_schedule_passes_the_gaussian_oracle():
         exact = exact_chi(X, X, cols, NBETA, GAMMA)
         pearson = np.corrcoef(res.chi[i].numpy(), exact.numpy())[0, 1]
         scale = float(res.chi[i] @ exact / (exact @ exact))
-        assert pearson >= 0.8 and 0.75 <= scale <= 1.25, (name, pearson, scale)
+        # the estimate's noise is independent of the truth, so its Pearson with it is sqrt(reliability)
+        assert pearson >= 0.7 and abs(pearson - res.reliability[name] ** 0.5) <= 0.1, (name, pearson, res.reliability)
+        assert 0.75 <= scale <= 1.25, (name, scale)
         plan = res.schedule[name]
         # phi's autocorrelation time here is tens of steps and a draw costs one: thin, and say so
         assert plan["steps_between_draws"] > 2 and plan["burn_in_settled"], plan
