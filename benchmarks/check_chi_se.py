@@ -45,8 +45,8 @@ def main() -> None:
                                               sgld=sgld, trainer={"accelerator": "cpu", "enable_progress_bar": False,
                                                                   "enable_model_summary": False}))
     pairs = list(itertools.combinations(range(args.seeds), 2))
-    print(f"| component | spread / chi_se^2 (seed pairs) | per-token Var over seeds / chi_se^2 | 95% coverage | "
-          f"mean reliability | mean split-half Pearson |\n|---|---|---|---|---|---|")
+    print("| component | spread / chi_se^2 (seed pairs) | per-token Var over seeds / chi_se^2 | 95% coverage | "
+          "mean reliability | mean split-half Pearson |\n|---|---|---|---|---|---|")
     for i, (name, cols) in enumerate(BLOCKS.items()):
         chi = torch.stack([r.chi[i] for r in runs])
         se = torch.stack([r.chi_se[i] for r in runs])

@@ -13,6 +13,15 @@ def _deterministic_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    # Tiny matmuls: threading only adds overhead (and oversubscribes a busy 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory):
     """A briefly trained 2-layer GPT-NeoX with its BPE tokenizer, saved like a hub checkpoint."""

@@ -14,42 +14,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from torch import nn
 
 import run
 from lit_susc import SGLDConfig, calibrate
 from lit_susc.calibration import TABLE_SCHEMA
+import reduced_rank
+from reduced_rank import N
 from tiny_runs import short_documents, write_yaml
 
-N = 1000
 NBETA = N / math.log(N)
 DIVERGING_LR = 3e-2
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rrr(zero: bool = True):
     """The (8, 3, 4) reduced-rank regression: model (at w* = 0, or at a random point), loss, batches, X, Y."""
-    g = torch.Generator().manual_seed(0)
-    X, Y = torch.randn(N, 8, generator=g), torch.randn(N, 4, generator=g)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 3, bias=False), nn.Linear(3, 4, bias=False))
-    if zero:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.zero_()
-
-    def loss_fn(model, batch):
-        x, y = batch
-        return 0.5 * ((y - model(x)) ** 2).sum(-1)
-
-    return model, loss_fn, [(X[i:i + 100], Y[i:i + 100]) for i in range(0, N, 100)], X, Y
+    model, batches, X, Y = reduced_rank.rrr(zero=zero)
+    return model, reduced_rank.loss_fn, batches, X, Y
 
 
 CPU = {"accelerator": "cpu", "enable_model_summary": False}
