@@ -35,6 +35,8 @@ SETTINGS = {
     "4": {"steps_between_draws": 4, "burn_in": 50},
     "16": {"steps_between_draws": 16, "burn_in": 50},
     "auto": {"steps_between_draws": "auto", "burn_in": "auto"},
+    # calibrate's recommendation on this model (configs/calibrate_quickstart.yaml): lr 2e-3
+    "auto-lr2e-3": {"steps_between_draws": "auto", "burn_in": "auto", "lr": 2e-3},
 }
 ROOT = Path("runs/bench_reliability")
 
