@@ -266,6 +266,15 @@ def reliability(chi: Tensor, chi_se: Tensor) -> float:
     return max(0.0, 1.0 - float(chi_se.square().mean() / total))
 
 
+def direction_reliability(directions: Tensor, mean_se_sq: Tensor, variances: Tensor) -> Tensor:
+    """max(0, 1 - sum_j v_j^2 m_j / v^T C v) [m] for the rows v of ``directions`` [m, d] in chi's
+    component space, m_j = mean_t chi_se[j, t]^2 [d] and v^T C v = ``variances`` [m]: the share of
+    chi's variance along v that is signal. Components are sampled by independent chains, so their
+    noise is uncorrelated and adds up weighted by v_j^2."""
+    noise = directions.double().square() @ mean_se_sq.double()
+    return (1 - noise / variances.double()).clamp_min(0)
+
+
 def default_block(draws: int) -> int:
     """Draws per batch-means block when the config leaves it open: 2 ceil(draws / 16), an even
     number (its half blocks are whole) giving each chain about 8 blocks (4 chains: 32)."""

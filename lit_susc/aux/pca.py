@@ -31,6 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..covariance import direction_reliability
+
 # A kept PC whose variance is below this fraction of the first one carries no signal to learn.
 _MIN_VARIANCE_RATIO = 1e-12
 
@@ -91,8 +93,7 @@ class PCABasis:
 
 def pc_reliability(pca: PCABasis, mean_se_sq: Tensor) -> Tensor:
     """reliability_k [K] from m_j = mean_i chi_se[j, i]^2 [n_components] (module docstring)."""
-    noise = (pca.components / pca.scale).square() @ mean_se_sq.double()
-    return (1 - noise / pca.variances).clamp_min(0)
+    return direction_reliability(pca.components / pca.scale, mean_se_sq, pca.variances)
 
 
 def fit_pca(chunks: Callable[[], Iterable[Tensor]], config: TargetConfig) -> PCABasis:

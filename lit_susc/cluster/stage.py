@@ -42,10 +42,11 @@ from safetensors.torch import save_file
 
 from ..aux.bundle import PCA_FILE
 from ..aux.pca import PCABasis
+from ..covariance import direction_reliability
 from ..result import read_chi, read_chi_se, read_metadata, write_json, write_parquet
 from .clustering import DEFAULT_CONDUCTANCE_THRESHOLD, DEFAULT_MAX_PUSHES, DEFAULT_SEEDS_PER_ROUND, cluster_graph
 from .knn import graph_from_knn, knn, knn_graph, row_blocks
-from .whiten import WhitenInfo, direction_reliability, whiten
+from .whiten import WhitenInfo, whiten
 
 
 @dataclass
@@ -231,7 +232,8 @@ def _reliable_pcs(X: np.ndarray, info: WhitenInfo, noise, threshold: float) -> t
     else:  # v^T C v with C the ground truth's covariance, from its PCA (in units of chi)
         basis = truth.components.numpy() * truth.scale.numpy()
         signal = np.square(info.components @ basis.T) @ truth.variances.numpy()
-    reliability = direction_reliability(info.components, mean_se_sq, signal)
+    reliability = direction_reliability(torch.from_numpy(info.components), torch.as_tensor(mean_se_sq),
+                                        torch.as_tensor(signal)).numpy()
     keep = reliability >= threshold
     if not keep.any():
         raise ValueError(f"no whitened PC has a reliability of at least {threshold} (largest {reliability.max():.2f}); "

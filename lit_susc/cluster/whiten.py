@@ -16,8 +16,8 @@ covariance C of the ground-truth chi, the reliability of a direction v is
 
     reliability(v) = max(0, 1 - sum_j v_j^2 m_j / v^T C v)
 
-(for the run's own PCs v^T C v = lambda), and ``drop_unreliable`` removes the whitened PCs below a
-threshold.
+(for the run's own PCs v^T C v = lambda; ``lit_susc.covariance.direction_reliability``), and the
+cluster stage's ``min_pc_reliability`` removes the whitened PCs below a threshold.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["direction_reliability", "whiten", "WhitenInfo"]
+__all__ = ["whiten", "WhitenInfo"]
 
 
 @dataclass
@@ -110,9 +110,3 @@ def whiten(
         Z[a : a + chunk_size] = info.transform(X[a : a + chunk_size])
     return Z, info
 
-
-def direction_reliability(components: np.ndarray, mean_se_sq: np.ndarray, variances: np.ndarray) -> np.ndarray:
-    """reliability(v) [m] of the rows v of ``components`` [m, d], with v^T C v given as ``variances``
-    [m] and m_j as ``mean_se_sq`` [d] (module docstring)."""
-    noise = np.square(components) @ np.asarray(mean_se_sq, dtype=np.float64)
-    return np.clip(1 - noise / np.asarray(variances, dtype=np.float64), 0, None)
