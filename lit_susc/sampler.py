@@ -464,7 +464,7 @@ class SusceptibilitySampler(L.LightningModule):
         phi, projected, step_time = [], [], 0.0
         for i in order:
             start = time.perf_counter()
-            loss = float(self._step([self._view("sampling", int(i), self.data.sampling[i])], [None])[0])
+            loss = float(self._step([self._view("sampling", int(i), self.data.sampling[i])], [None])[0].detach())
             step_time += time.perf_counter() - start
             if not math.isfinite(loss):
                 raise FloatingPointError(f"the pilot chain of component {name!r} diverged (minibatch loss {loss}); "
