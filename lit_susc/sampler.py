@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from .components import Component
 from .config import ComputeConfig, SGLDConfig
@@ -437,9 +438,10 @@ class SusceptibilitySampler(L.LightningModule):
         """Measure the plan of every component this rank owns (lit_susc.schedule); all ranks read all."""
         n, world = len(self.component_names), self.trainer.world_size
         directory = self.run_dir / "state" / "pilot"
-        for c in range(self.global_rank, n, world):
-            if not (directory / f"{c:05d}.json").exists():
-                write_json(directory / f"{c:05d}.json", self._pilot(c))
+        mine = [c for c in range(self.global_rank, n, world) if not (directory / f"{c:05d}.json").exists()]
+        show = self.global_rank == 0 and self.trainer.progress_bar_callback is not None
+        for c in tqdm(mine, desc="pilot chains", unit="component", disable=not show):
+            write_json(directory / f"{c:05d}.json", self._pilot(c))
         self.trainer.strategy.barrier("lit-susc pilots")
         self.pilots = {c: json.loads((directory / f"{c:05d}.json").read_text()) for c in range(n)}
         self._stacked = None
