@@ -1,17 +1,10 @@
 """Components: named subsets of a model's parameters that a chain is restricted to.
 
 A component maps parameter names to ``None`` (the whole tensor) or a boolean mask of that
-parameter's shape. Discovery knows two transformers layouts (design.md section 3):
-
-- GPT-NeoX (Pythia): ``attention.query_key_value`` is fused and interleaved per head, rows
-  [h*3*hs, (h+1)*3*hs) of weight and bias are (q_h, k_h, v_h); ``attention.dense.weight``
-  columns [h*hs, (h+1)*hs) read head h; ``attention.dense.bias`` belongs to no head.
-- GPT-2: ``attn.c_attn`` is a Conv1D with weight (d, 3d) whose columns are [Q | K | V], head h
-  at [h*hs, (h+1)*hs) inside each block; ``attn.c_proj.weight`` rows [h*hs, (h+1)*hs).
-  Embedding and unembedding are tied: one component.
-
-Names: ``layers.{l}.heads.{h}``, ``layers.{l}.mlp``, ``embed``, ``unembed`` (GPT-2 adds
-``pos_embed``). Layer norms and output biases of attention belong to no component.
+parameter's shape. Built-in components come from the model family's adapter (lit_susc.models:
+one module per family documents its layout); their names follow one scheme,
+``layers.{l}.heads.{h}``, ``layers.{l}.mlp``, ``embed``, ``unembed`` (GPT-2 adds ``pos_embed``).
+This module selects among them and checks explicit components against the model.
 """
 
 from __future__ import annotations
@@ -22,85 +15,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .models import adapter_for
+
 Component = dict[str, Tensor | None]
 """Parameter name -> None (whole tensor) or a bool mask of the parameter's shape."""
 
 
-def _rows(shape: tuple[int, ...], ranges: Sequence[tuple[int, int]], dim: int = 0) -> Tensor:
-    """A bool mask selecting ``ranges`` along ``dim``: a stride-0 view, so it costs one vector."""
-    line = torch.zeros(shape[dim], dtype=torch.bool)
-    for lo, hi in ranges:
-        line[lo:hi] = True
-    view = [1] * len(shape)
-    view[dim] = shape[dim]
-    return line.view(view).expand(shape)
-
-
-def gpt_neox_components(model: nn.Module) -> dict[str, Component]:
-    """Per-head, per-MLP, embedding and unembedding components of a GPTNeoXForCausalLM."""
-    cfg = model.config
-    params = dict(model.named_parameters())
-    n_layers, n_heads = cfg.num_hidden_layers, cfg.num_attention_heads
-    hs = cfg.hidden_size // n_heads
-    prefix = "gpt_neox.layers"
-    out: dict[str, Component] = {}
-    for layer in range(n_layers):
-        qkv = f"{prefix}.{layer}.attention.query_key_value"
-        dense = f"{prefix}.{layer}.attention.dense.weight"
-        for h in range(n_heads):
-            rows = [(h * 3 * hs, (h + 1) * 3 * hs)]
-            comp: Component = {
-                f"{qkv}.weight": _rows(params[f"{qkv}.weight"].shape, rows),
-                dense: _rows(params[dense].shape, [(h * hs, (h + 1) * hs)], dim=1),
-            }
-            if f"{qkv}.bias" in params:
-                comp[f"{qkv}.bias"] = _rows(params[f"{qkv}.bias"].shape, rows)
-            out[f"layers.{layer}.heads.{h}"] = comp
-        mlp = f"{prefix}.{layer}.mlp."
-        out[f"layers.{layer}.mlp"] = {n: None for n in params if n.startswith(mlp)}
-    out["embed"] = {"gpt_neox.embed_in.weight": None}
-    unembed = "lm_head.weight" if "lm_head.weight" in params else "embed_out.weight"
-    if unembed in params:
-        out["unembed"] = {unembed: None}
-    return out
-
-
-def gpt2_components(model: nn.Module) -> dict[str, Component]:
-    """Per-head, per-MLP, (tied) embedding and position-embedding components of GPT2LMHeadModel."""
-    cfg = model.config
-    params = dict(model.named_parameters())
-    d, n_heads = cfg.n_embd, cfg.n_head
-    hs = d // n_heads
-    out: dict[str, Component] = {}
-    for layer in range(cfg.n_layer):
-        attn = f"transformer.h.{layer}.attn"
-        for h in range(n_heads):
-            cols = [(block * d + h * hs, block * d + (h + 1) * hs) for block in range(3)]
-            out[f"layers.{layer}.heads.{h}"] = {
-                f"{attn}.c_attn.weight": _rows(params[f"{attn}.c_attn.weight"].shape, cols, dim=1),
-                f"{attn}.c_attn.bias": _rows(params[f"{attn}.c_attn.bias"].shape, cols),
-                f"{attn}.c_proj.weight": _rows(params[f"{attn}.c_proj.weight"].shape, [(h * hs, (h + 1) * hs)]),
-            }
-        mlp = f"transformer.h.{layer}.mlp."
-        out[f"layers.{layer}.mlp"] = {n: None for n in params if n.startswith(mlp)}
-    out["embed"] = {"transformer.wte.weight": None}  # tied with lm_head: also the unembedding
-    out["pos_embed"] = {"transformer.wpe.weight": None}
-    return out
-
-
-DISCOVERY = {"gpt_neox": gpt_neox_components, "gpt2": gpt2_components}
-
-
 def discover_components(model: nn.Module) -> dict[str, Component]:
-    """All built-in components of a transformers causal LM, in layer order."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in DISCOVERY:
-        raise ValueError(
-            f"no built-in component discovery for model type {model_type!r} "
-            f"(known: {sorted(DISCOVERY)}); pass components explicitly as "
-            "{name: {parameter name: None or bool mask}}"
-        )
-    return DISCOVERY[model_type](model)
+    """All built-in components of a transformers causal LM, in layer order (from its family's ModelAdapter)."""
+    return adapter_for(model).components(model)
 
 
 def select_components(available: Mapping[str, Component], patterns: Sequence[str]) -> dict[str, Component]:
@@ -152,8 +75,3 @@ def resolve_components(model: nn.Module, components) -> dict[str, Component]:
                                  f"{tuple(params[pname].shape)}, got {mask.dtype} {tuple(mask.shape)}")
     return resolved
 
-
-def component_size(component: Component, model: nn.Module) -> int:
-    """Number of parameter entries the component moves."""
-    params = dict(model.named_parameters())
-    return sum(params[n].numel() if m is None else int(m.sum()) for n, m in component.items())

@@ -7,7 +7,7 @@ first block is l reads that batch), kept on the device, and the loss runs from b
     full:    embed -> block 0 .. block L-1 -> final norm -> head -> per-token cross-entropy
     cached:           h_l (stored) -> block l .. block L-1 -> final norm -> head -> cross-entropy
 
-Within block l, a branch the component does not touch is constant too. A GPT-NeoX block with a
+Within block l, a branch the component does not touch is constant too. A block with a
 parallel residual (Pythia) computes
 
     h_{l+1} = mlp(ln2(h_l)) + attn(ln1(h_l)) + h_l,
@@ -25,28 +25,23 @@ full pass would give them), so chi does not change beyond floating-point noise
 
 Which batches are kept is planned from a memory budget, observation batches first (they are read
 at every draw), then the reference batch, then the SGLD minibatches of the sampling pool; a batch
-that does not fit runs the full model. Supported: GPT-NeoX (Pythia); other models run uncached.
+that does not fit runs the full model. What the cut of a component is, and how to run a model
+from a block, is asked of the family's adapter (lit_susc.models); families whose adapter places no
+parameters (GPT-2, unregistered ones) run uncached.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import register_pytree_node
 
 from .components import Component
-
-_PARAM = re.compile(r"gpt_neox\.layers\.(\d+)\.(\w+?)\.")
-_HEAD = ("lm_head.", "embed_out.")
-Branch = Literal["attention", "mlp"]
-# A constant branch: (its norm, its module) in a GPT-NeoX block.
-_BRANCH_MODULES = {"attention": ("input_layernorm", "attention"), "mlp": ("post_attention_layernorm", "mlp")}
+from .models import Branch, Capture, ModelAdapter, adapter_for
 
 
 @dataclass(frozen=True)
@@ -82,24 +77,17 @@ register_pytree_node(CachedPrefix, lambda c: ([c.input_ids, c.hidden, *([c.branc
 def component_cut(model: nn.Module, component: Component) -> Cut | None:
     """Where ``component``'s chains start: its first block (n_layers for the output head alone) and
     the branch of that block it leaves constant; None when nothing can be cached (the embedding, a
-    block-0 component touching both branches, an unknown layout)."""
-    if getattr(model.config, "model_type", None) != "gpt_neox":
+    block-0 component touching both branches, a layout the model's adapter does not place)."""
+    adapter = adapter_for(model, strict=False)
+    places = [adapter.locate(model, name) for name in component]
+    if any(place is None for place in places):
         return None
-    n_layers, places = model.config.num_hidden_layers, []
-    for name in component:
-        match = _PARAM.match(name)
-        if match:
-            places.append((int(match.group(1)), match.group(2)))
-        elif name.startswith(_HEAD):
-            places.append((n_layers, "head"))
-        else:
-            return None
-    start = min(block for block, _ in places)
-    touched = {part for block, part in places if block == start}
+    start = min(place.block for place in places)
+    touched = {place.branch for place in places if place.block == start}
     constant: Branch | None = None
     if touched == {"mlp"}:
         constant = "attention"
-    elif touched == {"attention"} and model.config.use_parallel_residual:
+    elif touched == {"attention"} and adapter.parallel_residual(model):
         constant = "mlp"
     if start == 0 and constant is None:
         return None
@@ -107,7 +95,8 @@ def component_cut(model: nn.Module, component: Component) -> Cut | None:
 
 
 class _Constant(nn.Module):
-    """A branch module replaced by its stored output (attention modules return (output, weights))."""
+    """A branch module replaced by its stored output, given as (output, None) in place of a module that
+    returns a tuple (attention modules return (output, weights))."""
 
     def __init__(self, value: Tensor, pair: bool) -> None:
         super().__init__()
@@ -118,39 +107,31 @@ class _Constant(nn.Module):
 
 
 @contextmanager
-def _branch_replaced(block: nn.Module, constant: Branch | None, value: Tensor | None) -> Iterator[None]:
+def _branch_replaced(adapter: ModelAdapter, block: nn.Module, constant: Branch | None,
+                     value: Tensor | None) -> Iterator[None]:
     if constant is None:
         yield
         return
-    norm, module = _BRANCH_MODULES[constant]
-    saved = getattr(block, norm), getattr(block, module)
-    setattr(block, norm, nn.Identity())
-    setattr(block, module, _Constant(value, pair=constant == "attention"))
+    layout = adapter.branch_layout(constant)
+    saved = getattr(block, layout.norm), getattr(block, layout.module)
+    setattr(block, layout.norm, nn.Identity())
+    setattr(block, layout.module, _Constant(value, pair=layout.returns_tuple))
     try:
         yield
     finally:
-        setattr(block, norm, saved[0])
-        setattr(block, module, saved[1])
+        setattr(block, layout.norm, saved[0])
+        setattr(block, layout.module, saved[1])
 
 
 def trunk_hidden(model: nn.Module, batch: Tensor | CachedPrefix) -> Tensor:
     """The final normed hidden state [B, T, H] of a batch of token ids, or of a cached prefix."""
-    base = model.base_model
     if not isinstance(batch, CachedPrefix):
-        return base(input_ids=batch, use_cache=False).last_hidden_state
+        return model.base_model(input_ids=batch, use_cache=False).last_hidden_state
     if batch.start == model.config.num_hidden_layers:
         return batch.hidden
-    blocks = base.layers
-    base.layers = blocks[batch.start:]  # the model's own forward, over the blocks from start on
-    try:
-        with _branch_replaced(blocks[batch.start], batch.constant, batch.branch):
-            return base(inputs_embeds=batch.hidden, use_cache=False).last_hidden_state
-    finally:
-        base.layers = blocks
-
-
-class _Stop(Exception):
-    """Ends a forward pass once the tensors it was run for are captured."""
+    adapter = adapter_for(model, strict=False)
+    with _branch_replaced(adapter, adapter.blocks(model)[batch.start], batch.constant, batch.branch):
+        return adapter.run_from(model, batch.hidden, batch.start)
 
 
 class PrefixCache:
@@ -167,6 +148,7 @@ class PrefixCache:
     def __init__(self, model: nn.Module, budget_bytes: int, counts: dict[str, list[int]]) -> None:
         """``counts[kind]``: token counts (contexts x length) of each batch of that kind, in order."""
         self.model, self.budget = model, budget_bytes
+        self.adapter = adapter_for(model, strict=False)
         self.counts = counts
         self.cut: Cut | None = None
         self._hidden: dict[tuple[str, int], Tensor] = {}
@@ -227,40 +209,14 @@ class PrefixCache:
         base = self.model.base_model
         if self.cut.start == self.model.config.num_hidden_layers:
             return base(input_ids=input_ids, use_cache=False).last_hidden_state
-        captured = []
-
-        def take(module, args, kwargs):
-            captured.append(args[0] if args else kwargs["hidden_states"])
-            raise _Stop
-
-        handle = base.layers[self.cut.start].register_forward_pre_hook(take, with_kwargs=True)
-        try:
-            base(input_ids=input_ids, use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return captured[0]
+        with Capture() as capture:
+            capture.input_of(self.adapter.blocks(self.model)[self.cut.start], "hidden", stop=True)
+            return capture.run(lambda: base(input_ids=input_ids, use_cache=False))["hidden"]
 
     @torch.no_grad()
     def _branch_output(self, hidden: Tensor) -> Tensor:
         """The output of block ``cut.start``'s constant branch, given the block's input ``hidden``."""
-        base, start = self.model.base_model, self.cut.start
-        module = getattr(base.layers[start], _BRANCH_MODULES[self.cut.constant][1])
-        captured = []
-
-        def take(module, args, output):
-            captured.append(output[0] if isinstance(output, tuple) else output)
-            raise _Stop
-
-        handle = module.register_forward_hook(take)
-        blocks = base.layers
-        base.layers = blocks[start:start + 1]
-        try:
-            base(inputs_embeds=hidden, use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-            base.layers = blocks
-        return captured[0]
+        start, layout = self.cut.start, self.adapter.branch_layout(self.cut.constant)
+        with Capture() as capture:
+            capture.output_of(getattr(self.adapter.blocks(self.model)[start], layout.module), "branch", stop=True)
+            return capture.run(lambda: self.adapter.run_from(self.model, hidden, start, start + 1))["branch"]

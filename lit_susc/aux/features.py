@@ -14,14 +14,14 @@ A token row (c, t) of a susceptibility run (t = 1..T-1) gets ``features[c, t]``.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch import Tensor, nn
+
+from ..models import Capture, adapter_for
+from ..rundir import json_digest, weights_digest
 
 # Config keys that change with the library or the loading call, not with the model.
 _VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "_name_or_path", "dtype", "torch_dtype", "use_cache"})
@@ -42,25 +42,12 @@ def feature_layers(n_layers: int, count: int = 4) -> list[int]:
     return [int(i * n_layers / (count + 1) + 0.5) for i in range(1, count + 1)]
 
 
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of a transformers causal LM: its ModuleList of num_hidden_layers modules."""
-    n_layers = model.config.num_hidden_layers
-    for module in model.base_model.children():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise ValueError(f"{type(model).__name__} has no list of {n_layers} blocks directly under its base model; "
-                     "residual features support GPT-NeoX, GPT-2, Llama-style and similar layouts")
-
-
-class _Stop(Exception):
-    """Raised by the hook of the deepest layer used: the rest of the forward pass is skipped."""
-
-
 class ResidualFeatures(nn.Module):
     """``features(input_ids) -> [B, T, len(layers) * hidden_size]``, stopping after the deepest layer.
 
-    Hooks on the blocks capture the residual stream; the deepest one raises to end the forward
-    pass, so no later block, final norm or output head runs.
+    Hooks on the blocks (the model family's, lit_susc.models; found by shape for an unregistered
+    family) capture the residual stream; the deepest one ends the forward pass
+    (lit_susc.models.capture), so no later block, final norm or output head runs.
     """
 
     def __init__(self, model: nn.Module, layers: list[int]) -> None:
@@ -74,65 +61,31 @@ class ResidualFeatures(nn.Module):
         self.model = model
         self.layers = list(layers)
         self.hidden_size = model.config.hidden_size
-        self._captured: dict[int, Tensor] = {}
-        blocks = decoder_blocks(model)
+        blocks = adapter_for(model, strict=False).blocks(model)
         deepest = max(layers)
-        self._handles = []
+        self._capture = Capture()
         for layer in set(layers):
             if layer == 0:
-                self._handles.append(blocks[0].register_forward_pre_hook(self._capture_input(deepest == 0),
-                                                                         with_kwargs=True))
+                self._capture.input_of(blocks[0], 0, stop=deepest == 0)
             else:
-                self._handles.append(blocks[layer - 1].register_forward_hook(self._capture_output(layer, layer == deepest)))
+                self._capture.output_of(blocks[layer - 1], layer, stop=layer == deepest)
 
     def remove(self) -> None:
         """Take the hooks off the model (it runs whole again)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._capture.remove()
 
     @property
     def n_features(self) -> int:
         return len(self.layers) * self.hidden_size
 
-    def _capture_input(self, stop: bool):
-        def hook(module, args, kwargs):
-            self._captured[0] = args[0] if args else kwargs["hidden_states"]
-            if stop:
-                raise _Stop
-        return hook
-
-    def _capture_output(self, layer: int, stop: bool):
-        def hook(module, args, output):
-            self._captured[layer] = output[0] if isinstance(output, tuple) else output
-            if stop:
-                raise _Stop
-        return hook
-
     def forward(self, input_ids: Tensor) -> Tensor:
-        self._captured.clear()
-        try:
-            self.model.base_model(input_ids=input_ids, use_cache=False)
-        except _Stop:
-            pass
-        features = torch.cat([self._captured[layer] for layer in self.layers], dim=-1)
-        self._captured.clear()
-        return features
+        captured = self._capture.run(lambda: self.model.base_model(input_ids=input_ids, use_cache=False))
+        return torch.cat([captured[layer] for layer in self.layers], dim=-1)
 
 
 def config_hash(model_config: dict) -> str:
-    """sha256 (16 hex digits) of a model config dict (``config.to_diff_dict()``), volatile keys left out."""
-    stable = {k: v for k, v in model_config.items() if k not in _VOLATILE_CONFIG_KEYS}
-    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def weights_digest(model: nn.Module) -> str:
-    """sha256 (16 hex digits) of every parameter's name, shape, sum and sum of squares (float64)."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        p64 = p.detach().double()
-        h.update(f"{name}:{tuple(p.shape)}:{p64.sum().item():.12e}:{p64.square().sum().item():.12e}".encode())
-    return h.hexdigest()[:16]
+    """Digest of a model config dict (``config.to_diff_dict()``), volatile keys left out."""
+    return json_digest({k: v for k, v in model_config.items() if k not in _VOLATILE_CONFIG_KEYS})
 
 
 def model_identity(pretrained: str, revision: str | None, model: nn.Module) -> dict:

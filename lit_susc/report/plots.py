@@ -8,7 +8,7 @@ half-written figure) and returns its path.
 Per-component values (the LLC, a cluster's mean susceptibility profile) are drawn on one layout,
 ``component_grid``: attention heads on a layer x head heatmap, and every other component on a
 strip below it: the MLPs in layer order, then ``embed``, ``pos_embed``, ``unembed``, then any
-name that follows none of the layouts of ``lit_susc.components`` (``all`` of a generic model,
+name outside the component naming scheme of ``lit_susc.models`` (``all`` of a generic model,
 say), in the order given. So the figures work for any run, and a transformer's heads line up.
 """
 
