@@ -33,7 +33,6 @@ COMMANDS = {
 def main(argv=None) -> None:
     from callbacks import ChainDivergedError
     from lit_susc.cli import main as cli_main
-    from lit_susc.engine import RunDirectoryError
     from lit_susc.pipeline import StageFailedError
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -42,8 +41,7 @@ def main(argv=None) -> None:
             importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
         else:
             cli_main(argv)
-    except (ValueError, FileNotFoundError, FloatingPointError, ChainDivergedError, RunDirectoryError,
-            StageFailedError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, ChainDivergedError, StageFailedError) as err:
         if os.environ.get("LIT_SUSC_DEBUG"):
             raise
         print(f"lit-susc: error: {err}", file=sys.stderr)

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lit_susc.langevin import STEP_NORMS
+from lit_susc.rundir import write_parquet
 
 
 class ChainDivergedError(RuntimeError):
@@ -62,12 +63,9 @@ class DiagnosticsCallback(L.Callback):
             rows[name].append(float(draw["norms"][name]) if draw is not None else float("nan"))
         if chain["unit_done"]:
             rows = self._rows.pop(unit.index)
-            path = pl_module.unit_dir(unit)
-            path.mkdir(parents=True, exist_ok=True)
             table = pa.table({"component": [unit.component] * len(rows["step"]),
                               "chain": [unit.chain] * len(rows["step"]), **rows})
-            pq.write_table(table, path / f"{self.state_name}.parquet.tmp")
-            (path / f"{self.state_name}.parquet.tmp").replace(path / f"{self.state_name}.parquet")
+            write_parquet(pl_module.unit_dir(unit) / f"{self.state_name}.parquet", table)
 
     @staticmethod
     def gather(pl_module) -> pa.Table:

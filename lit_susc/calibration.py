@@ -73,7 +73,7 @@ from .components import resolve_components
 from .config import ComputeConfig, SGLDConfig
 from .diagnostics import bulk_ess
 from .figures import Figure, save_png
-from .result import write_json, write_parquet
+from .rundir import mark_finished, write_parquet, write_text
 from .sampler import LossFn
 
 MIN_DRAWS = 8
@@ -200,19 +200,16 @@ class Calibration:
         """Write ``calibration.parquet``, ``calibration.png``, ``best_sgld.yaml`` (the recommended
         ``sgld:`` block; removed when there is none) and ``summary.json``, last."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         write_parquet(directory / "calibration.parquet", self.table)
         self.plot(directory / "calibration.png")
         best_file = directory / "best_sgld.yaml"
         if self.best is None:
             best_file.unlink(missing_ok=True)  # a stale recommendation from an earlier grid would mislead
         else:
-            tmp = best_file.with_name(best_file.name + ".tmp")
-            tmp.write_text(f"# run.py calibrate: {self.reason}\n" + yaml.safe_dump({"sgld": self.best.to_dict()},
-                                                                                   sort_keys=False))
-            tmp.replace(best_file)
+            write_text(best_file, f"# run.py calibrate: {self.reason}\n"
+                       + yaml.safe_dump({"sgld": self.best.to_dict()}, sort_keys=False))
         setting = lambda s: s and {k: getattr(s, k) for k in ("lr", "nbeta", "localization")}  # noqa: E731
-        write_json(directory / "summary.json", {
+        mark_finished(directory, {
             "best": None if self.best is None else self.best.to_dict(), "reason": self.reason,
             "per_component": {name: setting(s) for name, s in self.per_component.items()},
             "rule": asdict(self.rule), "cells": self.table.num_rows,

@@ -1,9 +1,7 @@
-"""Running a sampler: the run directory's identity, the Trainer, resume, and the outputs."""
+"""Running a sampler: the run's identity, the Trainer, resume, the outputs (their directory: lit_susc.rundir)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +13,16 @@ from callbacks import BIFCallback, DiagnosticsCallback, LLCCallback, Susceptibil
 
 from .diagnostics import diagnostics_table, warn_unconverged
 from .influence import BIFResult
-from .result import FINISHED_MARKER, SusceptibilityResult, write_json, write_parquet
+from .result import SusceptibilityResult
+from .rundir import claim, tensor_digest, weights_digest, write_parquet
 from .sampler import SusceptibilitySampler
 from .strategy import chains_strategy
 
 REQUIRED_CALLBACKS = (SusceptibilityCallback, LLCCallback, DiagnosticsCallback)
-
-
-class RunDirectoryError(RuntimeError):
-    """The output directory holds another run's results."""
-
-
-def _digest_tensors(tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach()
-        if t.is_floating_point():
-            # Two moments in float64 identify weights well enough, and stay cheap for billions.
-            t64 = t.double()
-            h.update(f"{tuple(t.shape)}:{t64.sum().item():.12e}:{t64.square().sum().item():.12e}".encode())
-        else:
-            h.update(t.cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+RUN_FILE = "run.json"
+"""The run's identity (``run_identity``), written when the run claims its directory."""
+RUN_ENTRIES = ("config.yaml", "state", "tiny_lm", "lightning_logs", "wandb")
+"""What a run directory may hold before its run.json: the config, and what a run writes beside its outputs."""
 
 
 def _batch_tensors(batch: Any):
@@ -56,37 +42,14 @@ def run_identity(module: SusceptibilitySampler, extra: dict | None = None) -> di
     return {
         "sgld": module.sgld.to_dict(),
         "components": module.component_names,
-        "model_digest": _digest_tensors(p for _, p in sorted(module.model.named_parameters())),
-        "data_digest": _digest_tensors([*_batch_tensors(data.sampling), *_batch_tensors(data.observation),
-                                 *_batch_tensors(data.reference)]),
+        "model_digest": weights_digest(module.model, named=False),
+        "data_digest": tensor_digest([*_batch_tensors(data.sampling), *_batch_tensors(data.observation),
+                                      *_batch_tensors(data.reference)]),
         # Low precision changes the estimate beyond float32 noise: a run must not mix the two.
         **({"observation_dtype": module.compute.observation_dtype}
            if module.compute.observation_dtype != "float32" else {}),
         **(extra or {}),
     }
-
-
-def prepare_run_dir(run_dir: Path, identity: dict) -> str:
-    """'fresh', 'resume' or 'finished'; raises if the directory belongs to another run."""
-    run_file = run_dir / "run.json"
-    if run_file.exists():
-        previous = json.loads(run_file.read_text())
-        if previous != identity:
-            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-            raise RunDirectoryError(
-                f"{run_dir} holds the results of another run (differs in: {', '.join(changed)}). "
-                "Choose a new output directory, or delete this one to start over."
-            )
-        return "finished" if (run_dir / FINISHED_MARKER).exists() else "resume"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        known = {"run.json", "config.yaml", "state", "tiny_lm", "lightning_logs", "wandb"}
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in known)
-        if foreign:
-            raise RunDirectoryError(f"{run_dir} is not empty and is not a lit-susc run ({', '.join(foreign[:5])}); "
-                                    "choose a new output directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, identity)
-    return "fresh"
 
 
 def with_required_callbacks(callbacks: list | None, required: list[L.Callback] | None = None) -> list:
@@ -125,7 +88,8 @@ def fit_in_run_dir(module: SusceptibilitySampler, trainer: L.Trainer, required: 
     if missing:
         raise ValueError(f"the Trainer lacks the callbacks this run needs: {', '.join(missing)}")
     # Other ranks exist only once rank 0 has checked the directory and entered fit.
-    state = prepare_run_dir(run_dir, run_identity(module, identity_extra)) if trainer.is_global_zero else "resume"
+    state = (claim(run_dir, run_identity(module, identity_extra), record=RUN_FILE, other="the results of another run",
+                   known=RUN_ENTRIES) if trainer.is_global_zero else "resume")
     if state == "finished":
         print(f"lit-susc: {run_dir} already holds this run's finished results; nothing to do.")
         return False

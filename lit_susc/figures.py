@@ -11,18 +11,17 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .rundir import atomic_path
+
 __all__ = ["Figure", "save_png"]
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (to a temporary name, then renamed, so a crash leaves no
-    half-written figure) and return the path."""
+    """Write ``fig`` as a PNG at ``path`` (atomically, like every file: lit_susc.rundir) and return the path."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"figures are written as PNG; give a path ending in .png, not {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    FigureCanvasAgg(fig)
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".png") as tmp:  # savefig takes the format from the suffix
+        FigureCanvasAgg(fig)
+        fig.savefig(tmp, dpi=dpi)
     return path

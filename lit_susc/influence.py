@@ -25,9 +25,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .result import FINISHED_MARKER, write_json, write_parquet
+from .rundir import mark_finished, require_finished, write_json, write_parquet, write_safetensors, write_text
 
 DESCRIPTION = ("BIF(z_i, q) = -Cov(l_i, l_q) over the localized posterior (uncentred per-sample losses); "
                "negative: upweighting z_i lowers q's loss")
@@ -82,10 +82,7 @@ class BIFResult:
     def save(self, directory: str | Path, top_k: int = 10, markdown_queries: int = 50) -> Path:
         """Write the outputs (module docstring); ``summary.json`` last."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "bif.safetensors.tmp"
-        save_file({"bif": self.bif.to(torch.float64).contiguous()}, str(tmp))
-        tmp.replace(directory / "bif.safetensors")
+        write_safetensors(directory / "bif.safetensors", {"bif": self.bif.to(torch.float64)})
         _, n_train, n_query = self.bif.shape
         write_json(directory / "bif.json", {
             "components": self.components, "granularity": self.granularity, "n_train": n_train,
@@ -95,19 +92,17 @@ class BIFResult:
                 write_parquet(directory / f"{name}.parquet", table)
         top = self.top_table(top_k)
         write_parquet(directory / "top_influences.parquet", top)
-        md = directory / "top_influences.md"
-        md.with_name(md.name + ".tmp").write_text(_markdown(top, self.granularity, markdown_queries))
-        md.with_name(md.name + ".tmp").replace(md)
-        write_json(directory / FINISHED_MARKER, {"components": len(self.components), "train": n_train,
-                                                 "query": n_query, "granularity": self.granularity})
+        write_text(directory / "top_influences.md", _markdown(top, self.granularity, markdown_queries))
+        mark_finished(directory, {"components": len(self.components), "train": n_train, "query": n_query,
+                                  "granularity": self.granularity})
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> BIFResult:
         directory = Path(directory)
-        if not (directory / FINISHED_MARKER).exists() or not (directory / "bif.json").exists():
-            raise FileNotFoundError(f"{directory} holds no finished BIF run ({FINISHED_MARKER} or bif.json is "
-                                    "missing); run or resume it first")
+        require_finished(directory, "BIF run", "run or resume it first")
+        if not (directory / "bif.json").exists():
+            raise FileNotFoundError(f"{directory} holds no BIF run (bif.json is missing): is it a susceptibility run?")
         meta = json.loads((directory / "bif.json").read_text())
         tables = {n: pq.read_table(directory / f"{n}.parquet") if (directory / f"{n}.parquet").exists() else None
                   for n in ("train", "query")}

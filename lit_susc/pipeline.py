@@ -23,7 +23,6 @@ recomputes ``s`` and the stages after it. A stage interrupted part-way resumes w
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -35,9 +34,14 @@ from pathlib import Path
 
 import yaml
 
-from .result import write_json
+from .analysis.leak import LEAK_JSON
+from .report.browser import INDEX
+from .rundir import FINISHED_MARKER, is_finished, json_digest, read_summary, write_json
+from .tinylm import SUMMARY_FILE
 
 STAGES = ("model", "sample", "aux_fit", "aux_predict", "cluster", "analyse", "report")
+MARKERS = {**dict.fromkeys(STAGES, FINISHED_MARKER), "model": SUMMARY_FILE, "analyse": LEAK_JSON, "report": INDEX}
+"""The file each stage writes last into its directory: its finished marker (lit_susc.rundir)."""
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 MIN_UPSAMPLING = 4
 """aux_predict must cover at least this many times the tokens of the sample stage."""
@@ -112,10 +116,6 @@ class PipelineConfig:
         return cls(threads=threads, wandb=WandbConfig(**wandb), **{k: v or {} for k, v in raw.items()})
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class Pipeline:
     """Plans the stage configs from a PipelineConfig and runs the stages that are not finished."""
 
@@ -177,7 +177,7 @@ class Pipeline:
         w = self.config.wandb
         group = w.group or self.out.resolve().name
         args = {"project": w.project, "name": f"{group}/{stage}", "group": group, "job_type": stage,
-                "id": f"{_digest([str(self.out.resolve()), self.fingerprint(stage)])}-{stage}".replace("_", "-"),
+                "id": f"{json_digest([str(self.out.resolve()), self.fingerprint(stage)])}-{stage}".replace("_", "-"),
                 "save_dir": str(self.state_dir), "resume": "allow"}
         if w.entity:
             args["entity"] = w.entity
@@ -190,22 +190,31 @@ class Pipeline:
         i = self.stages.index(stage)
         upstream = self.fingerprint(self.stages[i - 1]) if i > 0 else ""
         # Where the steps are logged does not change the result.
-        return _digest([stage, self.stage_config(stage, logger=False), upstream])
+        return json_digest([stage, self.stage_config(stage, logger=False), upstream])
 
     # -- state -------------------------------------------------------------------------------
 
     def _state_file(self, stage: str) -> Path:
         return self.state_dir / f"{stage}.json"
 
+    def finished(self, stage: str) -> bool:
+        """Whether the stage's directory is finished: the stage's own marker (lit_susc.rundir.is_finished)."""
+        return is_finished(self.stage_dir(stage), MARKERS[stage])
+
     def status(self, stage: str) -> str:
-        """'finished' (same config), 'resume' (same config, interrupted), 'changed', or 'new'."""
+        """'finished' (same config), 'resume' (same config, interrupted), 'changed', or 'new'.
+
+        The state file holds what the stage directory cannot: the fingerprint it was run with, and
+        whether the pipeline's checks after the stage passed; the stage's directory says whether
+        it finished.
+        """
         path = self._state_file(stage)
         if not path.exists():
             return "new"
         state = json.loads(path.read_text())
         if state["fingerprint"] != self.fingerprint(stage):
             return "changed"
-        return "finished" if state["finished"] else "resume"
+        return "finished" if state["finished"] and self.finished(stage) else "resume"
 
     # -- running -----------------------------------------------------------------------------
 
@@ -299,10 +308,9 @@ class Pipeline:
 
     def _after(self, stage: str) -> None:
         """Checks that the stage left a finished result, then its wandb record."""
-        marker = {"model": "model", "report": "index.html", "analyse": "leak.json"}.get(stage, "summary.json")
-        if not (self.stage_dir(stage) / marker).exists():
+        if not self.finished(stage):
             raise StageFailedError(f"stage {stage} exited without its finished marker "
-                                   f"{self.stage_dir(stage) / marker}; rerun the pipeline to resume it")
+                                   f"{self.stage_dir(stage) / MARKERS[stage]}; rerun the pipeline to resume it")
         if stage == "aux_predict":
             self._check_upsampled()
         if self.config.wandb.enabled:
@@ -311,7 +319,7 @@ class Pipeline:
             log_stage(self, stage)
 
     def _check_upsampled(self) -> None:
-        sampled = json.loads((self.stage_dir("sample") / "summary.json").read_text())["tokens"]
+        sampled = read_summary(self.stage_dir("sample"))["tokens"]
         predicted = json.loads((self.stage_dir("aux_predict") / "result.json").read_text())["n_tokens"]
         if predicted < MIN_UPSAMPLING * sampled:
             raise ValueError(f"aux_predict produced {predicted} tokens, fewer than {MIN_UPSAMPLING}x the {sampled} "

@@ -26,25 +26,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .covariance import reliability as _reliability
-
-FINISHED_MARKER = "summary.json"
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
-def write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+from .rundir import TOKENS_FILE, mark_finished, read_shards, require_finished, write_json, write_parquet, write_shard
 
 
 @dataclass
@@ -114,19 +98,14 @@ class SusceptibilityResult:
         tensors = {"chi": self.chi, **({"chi_se": self.chi_se} if self.chi_se is not None else {})}
         flat = {k: v.reshape(len(self.components), -1).to(torch.float64) for k, v in tensors.items()}
         n_tokens = flat["chi"].shape[1]
-        for key in flat:
-            (directory / key).mkdir(parents=True, exist_ok=True)
         shards = []
         for i, start in enumerate(range(0, max(n_tokens, 1), shard_tokens)):
             stop = min(start + shard_tokens, n_tokens)
             shard = {"start": start, "stop": stop}
             for key, values in flat.items():  # chi's file is "file"; its SE's "chi_se_file"
-                name = f"{key}/shard-{i:05d}.safetensors"
-                tmp = directory / (name + ".tmp")
-                save_file({key: values[:, start:stop].contiguous()}, str(tmp),
-                          metadata={"convention": self.convention, "start": str(start), "stop": str(stop)})
-                tmp.replace(directory / name)
-                shard["file" if key == "chi" else f"{key}_file"] = name
+                shard["file" if key == "chi" else f"{key}_file"] = write_shard(
+                    directory, key, i, values[:, start:stop],
+                    metadata={"convention": self.convention, "start": str(start), "stop": str(stop)})
             shards.append(shard)
         meta = {
             "components": self.components, "convention": self.convention, "description": self.description,
@@ -137,11 +116,11 @@ class SusceptibilityResult:
         write_json(directory / "result.json", meta)
         write_json(directory / "llc.json", self.llc)
         if self.tokens is not None:
-            write_parquet(directory / "tokens.parquet", self.tokens)
+            write_parquet(directory / TOKENS_FILE, self.tokens)
         if self.diagnostics:
             write_parquet(directory / "diagnostics.parquet",
                           pa.Table.from_pylist([{"component": k, **v} for k, v in self.diagnostics.items()]))
-        write_json(directory / FINISHED_MARKER, {
+        mark_finished(directory, {
             "components": len(self.components), "tokens": n_tokens, "convention": self.convention,
             "median_reliability": self.median_reliability, "reliability": _json_floats(self.reliability),
             **(extra or {}),
@@ -156,7 +135,7 @@ class SusceptibilityResult:
         chi = read_chi(directory).reshape(shape)
         has_se = all("chi_se_file" in shard for shard in meta["shards"])
         chi_se = read_chi_se(directory).reshape(shape) if has_se else None
-        tokens = pq.read_table(directory / "tokens.parquet") if (directory / "tokens.parquet").exists() else None
+        tokens = pq.read_table(directory / TOKENS_FILE) if (directory / TOKENS_FILE).exists() else None
         llc = json.loads((directory / "llc.json").read_text())
         diagnostics = {}
         if (directory / "diagnostics.parquet").exists():
@@ -173,11 +152,9 @@ def _json_floats(values: dict[str, float]) -> dict[str, float | None]:
 
 
 def read_metadata(directory: str | Path) -> dict:
-    directory = Path(directory)
-    if not (directory / FINISHED_MARKER).exists():
-        raise FileNotFoundError(f"{directory} holds no finished susceptibility run ({FINISHED_MARKER} is missing); "
-                                "run or resume the sampling first")
-    return json.loads((directory / "result.json").read_text())
+    """result.json of a finished run (sampling or aux predict): components, shard index, ..."""
+    require_finished(directory, "susceptibility run", "run or resume the sampling first")
+    return json.loads((Path(directory) / "result.json").read_text())
 
 
 def read_chi(directory: str | Path, start: int = 0, stop: int | None = None,
@@ -194,20 +171,6 @@ def read_chi_se(directory: str | Path, start: int = 0, stop: int | None = None,
 
 def _read_shards(directory: str | Path, key: str, start: int, stop: int | None,
                  components: list[int] | None) -> torch.Tensor:
-    directory = Path(directory)
     meta = read_metadata(directory)
-    stop = meta["n_tokens"] if stop is None else min(stop, meta["n_tokens"])
-    file_key = "file" if key == "chi" else f"{key}_file"
-    parts = []
-    for shard in meta["shards"]:
-        lo, hi = max(start, shard["start"]), min(stop, shard["stop"])
-        if lo >= hi:
-            continue
-        if file_key not in shard:
-            raise FileNotFoundError(f"{directory} holds no {key} (written by an older lit-susc); rerun the sampling")
-        with safe_open(str(directory / shard[file_key]), framework="pt") as f:
-            part = f.get_slice(key)[:, lo - shard["start"]:hi - shard["start"]]
-        parts.append(part if components is None else part[components])
-    if not parts:
-        return torch.zeros(len(components or meta["components"]), 0, dtype=torch.float64)
-    return torch.cat(parts, dim=1)
+    return read_shards(directory, meta["shards"], key, start, stop, file_key="file" if key == "chi" else f"{key}_file",
+                       components=components, rows=len(components or meta["components"]), dtype=torch.float64)

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from .components import Component
 from .config import ComputeConfig, SGLDConfig
 from .prefix import PrefixCache
-from .result import write_json
+from .rundir import write_json
 from .schedule import ChainPlan, choose_thinning, covariance_products, mser_burn_in
 from .unit_state import load_unit_tensors, save_unit_tensors
 

@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from lit_susc.corpus import load_texts, make_contexts, train_bpe_tokenizer
+from lit_susc.rundir import is_finished, write_json
 
 SUMMARY_FILE = "train_summary.json"
 """Written last into ``out_dir``: its presence marks a finished, reusable training run."""
@@ -158,7 +159,7 @@ def train_tiny_lm(
     out_dir = Path(out_dir)
     model_dir, summary_path = out_dir / "model", out_dir / SUMMARY_FILE
     recipe = {"config": asdict(config), "source": source, "max_documents": max_documents}
-    if summary_path.exists() and model_dir.is_dir():
+    if is_finished(out_dir, SUMMARY_FILE) and model_dir.is_dir():
         summary = json.loads(summary_path.read_text())
         if {k: summary.get(k) for k in recipe} != recipe:
             raise ValueError(
@@ -220,12 +221,11 @@ def train_tiny_lm(
             "steps": trainer.global_step,
             "seconds": time.perf_counter() - began,
         }
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         # A model directory without a summary is a leftover of an interrupted move.
         if model_dir.exists():
             shutil.rmtree(model_dir)
         os.replace(tmp / "model", model_dir)
-        os.replace(tmp / SUMMARY_FILE, summary_path)
+        write_json(summary_path, summary)  # last: the finished marker
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model_dir

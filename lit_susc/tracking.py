@@ -24,6 +24,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .rundir import read_summary
+from .tinylm import SUMMARY_FILE
+
 
 def _numbers(obj: dict, prefix: str) -> dict[str, float]:
     """The numeric leaves of a (nested) JSON object, as flat ``prefix/key`` metrics."""
@@ -64,12 +67,13 @@ def stage_record(pipeline, stage: str) -> tuple[dict[str, float], dict[str, Path
     images: dict[str, Path] = {}
     tables: dict[str, pa.Table] = {}
     if stage == "model":
-        metrics = _numbers({k: v for k, v in _read_json(d / "train_summary.json").items() if k != "config"}, stage)
+        metrics = _numbers({k: v for k, v in _read_json(d / SUMMARY_FILE).items() if k != "config"}, stage)
     elif stage == "sample":
-        metrics = _numbers(_read_json(d / "summary.json"), stage)
+        summary = read_summary(d)
+        metrics = _numbers(summary, stage)
         llc = _read_json(d / "llc.json")
         components = list(llc)
-        reliability = _read_json(d / "summary.json").get("reliability", {})
+        reliability = summary.get("reliability", {})
         diagnostics = ({r.pop("component"): r for r in pq.read_table(d / "diagnostics.parquet").to_pylist()}
                        if (d / "diagnostics.parquet").exists() else {})
         tables["sample/llc"] = pa.table({"component": components, "llc_mean": [llc[c]["mean"] for c in components],
@@ -92,10 +96,10 @@ def stage_record(pipeline, stage: str) -> tuple[dict[str, float], dict[str, Path
         images["aux_fit/pca_variance"] = plots.plot_pca_variance(aux["pc_variances"], figures / "pca_variance.png")
         tables["aux_fit/pearson"] = pa.table({"pc": list(range(len(aux["pearson"]))), "aux": aux["pearson"],
                                               "ridge": aux["ridge"]["pearson"]})
-    elif stage in ("aux_predict", "report"):
-        metrics = _numbers(_read_json(d / "summary.json"), stage)
+    elif stage == "aux_predict":
+        metrics = _numbers(read_summary(d), stage)
     elif stage == "cluster":
-        metrics = _numbers(_read_json(d / "summary.json"), stage)
+        metrics = _numbers(read_summary(d), stage)
         table = cluster_table(d)
         tables["cluster/clusters"] = table
         images["cluster/sizes"] = plots.plot_cluster_sizes(table, figures / "cluster_sizes.png")

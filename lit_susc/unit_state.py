@@ -10,16 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
+
+from .rundir import write_safetensors
 
 
 def save_unit_tensors(directory: Path, name: str, tensors: dict[str, Tensor]) -> None:
-    """Write ``name.safetensors`` atomically (temporary name, then rename)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f"{name}.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(directory / f"{name}.safetensors")
+    """Write ``name.safetensors`` (atomically, like every file: lit_susc.rundir)."""
+    write_safetensors(directory / f"{name}.safetensors", tensors)
 
 
 def load_unit_tensors(directory: Path, name: str, device: torch.device | str = "cpu") -> dict[str, Tensor]:

@@ -48,7 +48,8 @@ from ..aux.split import SplitConfig, document_split
 from ..cluster.knn import knn
 from ..corpus import token_table
 from ..figures import Figure, save_png
-from ..result import read_chi, read_metadata, write_json, write_parquet
+from ..result import read_chi, read_metadata
+from ..rundir import claim, mark_finished, write_parquet
 from ..tinylm import load_causal_lm
 from .cka import CKAAccumulator
 from .neighbours import neighbour_jaccard
@@ -167,19 +168,6 @@ def _ground_truth_targets(sample_dir: Path, bundle: AuxBundle, is_val: np.ndarra
     return truth
 
 
-def _finished(out: Path, identity: dict) -> pa.Table | None:
-    """The table of a finished check with this identity; None if there is none; raises for another one."""
-    stamp = out / LEAK_JSON
-    if not stamp.exists():
-        return None
-    previous = json.loads(stamp.read_text())
-    differ = sorted(key for key in identity if previous.get(key) != identity[key])
-    if differ:
-        raise ValueError(f"{out} holds another leak check (differs in: {', '.join(differ)}); choose a new "
-                         "output_dir or delete it")
-    return pq.read_table(out / LEAK_TABLE)
-
-
 def run_leak_check(sample_dir: str | Path, aux_dir: str | Path, output_dir: str | Path,
                    config: LeakConfig | None = None, device: str | torch.device = "cpu", *,
                    trust_remote_code: bool = False, progress: bool = True) -> pa.Table:
@@ -200,10 +188,11 @@ def run_leak_check(sample_dir: str | Path, aux_dir: str | Path, output_dir: str 
     config = config or LeakConfig()
     sample_dir, aux_dir, out, device = Path(sample_dir), Path(aux_dir), Path(output_dir), torch.device(device)
     identity = {"config": asdict(config), "sample_dir": str(sample_dir), "aux_dir": str(aux_dir)}
-    done = _finished(out, identity)
-    if done is not None:
+    # leak.json is both the marker and the record: the identity's keys, then the results
+    if claim(out, identity, record=LEAK_JSON, marker=LEAK_JSON, other="another leak check", resumable=False,
+             view=lambda record: {k: record.get(k) for k in identity}) == "finished":
         print(f"lit-susc: {out} already holds this leak check's finished results; nothing to do.")
-        return done
+        return pq.read_table(out / LEAK_TABLE)
 
     bundle, meta, run, tokens, model, tokenizer = _load_inputs(sample_dir, aux_dir, trust_remote_code)
     is_val = document_split(tokens.column("document").to_pylist(), SplitConfig(**bundle.meta["config"]["split"]))
@@ -282,13 +271,13 @@ def run_leak_check(sample_dir: str | Path, aux_dir: str | Path, output_dir: str 
         ("n_tokens_jaccard", pa.int64())]))
     write_parquet(out / LEAK_TABLE, table)
     plot_leak(table, out / LEAK_PLOT, k=config.k)
-    write_json(out / LEAK_JSON, {
+    mark_finished(out, {
         **identity, "rows": rows, "n_tokens": n_val, "n_tokens_jaccard": len(subsample),
         "n_layers": n_layers, "aux_layers": bundle.meta["layers"], "n_pcs": n_pcs,
         "layers": "0 = embedding output; l = output of block l-1; the last is before the final norm",
         "positions": "token row c*(T-1)+(t-1) (token t of context c) uses the residual stream at position t",
         "space": "aux target space: chi -> PC scores in the aux dir's PCA basis / target_scale",
-    })
+    }, marker=LEAK_JSON)
     return table
 
 

@@ -17,10 +17,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from ..result import FINISHED_MARKER, write_json
+from ..rundir import mark_finished, require_finished, write_json, write_safetensors
 from .model import AuxModel, AuxModelConfig
 from .pca import PCABasis
 
@@ -46,29 +46,21 @@ class AuxBundle:
     def save(self, directory: str | Path, summary: dict) -> None:
         """Write the bundle's files, ``summary.json`` last."""
         directory = Path(directory)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
-                   if k.startswith(("encoder.", "decoder."))}
-        _save(directory / WEIGHTS_FILE, weights)
+        weights = {k: v for k, v in self.model.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+        write_safetensors(directory / WEIGHTS_FILE, weights)
         self.pca.save(directory / PCA_FILE)
-        _save(directory / NORMALIZATION_FILE, {"feature_mean": self.feature_mean, "feature_std": self.feature_std,
-                                               "target_scale": self.target_scale})
+        write_safetensors(directory / NORMALIZATION_FILE, {"feature_mean": self.feature_mean,
+                                                           "feature_std": self.feature_std,
+                                                           "target_scale": self.target_scale})
         write_json(directory / META_FILE, self.meta)
-        write_json(directory / FINISHED_MARKER, summary)
+        mark_finished(directory, summary)
 
     @classmethod
     def load(cls, directory: str | Path) -> AuxBundle:
         directory = Path(directory)
-        if not (directory / FINISHED_MARKER).exists():
-            raise FileNotFoundError(f"{directory} holds no finished aux model ({FINISHED_MARKER} is missing); "
-                                    "run `aux fit` first")
+        require_finished(directory, "aux model", "run `aux fit` first")
         meta = json.loads((directory / META_FILE).read_text())
         model = AuxModel(meta["n_features"], meta["n_pcs"], AuxModelConfig(**meta["config"]["model"]))
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
         norm = load_file(str(directory / NORMALIZATION_FILE))
         return cls(model=model.eval(), pca=PCABasis.load(directory / PCA_FILE), meta=meta, **norm)
-
-
-def _save(path: Path, tensors: dict[str, Tensor]) -> None:
-    tmp = Path(str(path) + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)

@@ -14,9 +14,7 @@ output is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,14 +23,15 @@ import lightning as L
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..corpus import ContextSet, iter_texts, make_contexts, token_table
 from ..lm import TextDataConfig
-from ..result import FINISHED_MARKER, read_chi, read_chi_se, read_metadata, write_json
+from ..result import read_chi, read_chi_se, read_metadata
+from ..rundir import claim, file_digest, write_json, write_memmap, write_safetensors
 from ..tinylm import load_causal_lm
-from .bundle import AuxBundle
+from .bundle import META_FILE, AuxBundle
 from .features import (ResidualFeatures, check_alignment, check_same_model, config_hash, feature_layers,
                        model_identity)
 from .model import AuxDataModule, AuxModel, AuxModelConfig, normalization_stats
@@ -135,8 +134,7 @@ def collect_features(extractor: ResidualFeatures, input_ids: Tensor, batch_size:
 
 
 def _cache_identity(run_dir: Path, layers: list[int], dtype: str) -> dict:
-    run_hash = hashlib.sha256((run_dir / "run.json").read_bytes() + (run_dir / "result.json").read_bytes())
-    return {"run": run_hash.hexdigest()[:16], "layers": layers, "dtype": dtype}
+    return {"run": file_digest(run_dir / "run.json", run_dir / "result.json"), "layers": layers, "dtype": dtype}
 
 
 def _feature_cache(run_dir: Path, cache_dir: Path, run: dict, tokens, config: FeatureConfig, device: torch.device,
@@ -151,17 +149,10 @@ def _feature_cache(run_dir: Path, cache_dir: Path, run: dict, tokens, config: Fe
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return np.load(path, mmap_mode="r"), layers, identity
     created = [d for d in (cache_dir.parent, cache_dir) if not d.exists()]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f"features.{os.getpid()}.tmp.npy"
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=config.dtype,
-                                        shape=(tokens.num_rows, extractor.n_features))
-        collect_features(extractor, contexts.input_ids, config.batch_size, out, device)
-        out.flush()
-        del out
-        tmp.replace(path)
+        with write_memmap(path, config.dtype, (tokens.num_rows, extractor.n_features)) as out:
+            collect_features(extractor, contexts.input_ids, config.batch_size, out, device)
     except BaseException:
-        tmp.unlink(missing_ok=True)
         for d in reversed(created):  # leave no trace of a failed first attempt
             d.rmdir()
         raise
@@ -222,17 +213,13 @@ def _write_targets(run_dir: Path, cache_dir: Path, features: np.ndarray, is_val:
 
     pca = fit_pca(train_chi, config)
     scale = pca.variances.sqrt() if config.whiten else pca.variances[:1].sqrt().expand(pca.n_pcs).clone()
-    tmp = cache_dir / f"targets.{os.getpid()}.tmp.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_tokens, pca.n_pcs))
-    for a in range(0, n_tokens, _CHI_CHUNK):
-        out[a:a + _CHI_CHUNK] = (pca.to_pcs(read_chi(run_dir, a, a + _CHI_CHUNK).T) / scale).numpy()
-    out.flush()
-    del out
-    tmp.replace(cache_dir / "targets.npy")
+    with write_memmap(cache_dir / "targets.npy", np.float32, (n_tokens, pca.n_pcs)) as out:
+        for a in range(0, n_tokens, _CHI_CHUNK):
+            out[a:a + _CHI_CHUNK] = (pca.to_pcs(read_chi(run_dir, a, a + _CHI_CHUNK).T) / scale).numpy()
     pca.save(cache_dir / "pca.safetensors")
     mean, std = normalization_stats(features, np.flatnonzero(~is_val))
-    save_file({"feature_mean": mean, "feature_std": std, "target_scale": scale},
-              str(cache_dir / "normalization.safetensors"))
+    write_safetensors(cache_dir / "normalization.safetensors", {"feature_mean": mean, "feature_std": std,
+                                                                "target_scale": scale})
 
 
 def fit_aux(trainer: L.Trainer, susceptibilities: str | Path, output_dir: str | Path,
@@ -250,12 +237,8 @@ def fit_aux(trainer: L.Trainer, susceptibilities: str | Path, output_dir: str | 
     run_dir, out_dir = Path(susceptibilities), Path(output_dir)
     config = {"susceptibilities": str(susceptibilities), "features": asdict(features), "targets": asdict(targets),
               "split": asdict(split), "model": asdict(model), "batch_size": batch_size, "ridge": asdict(ridge)}
-    if (out_dir / FINISHED_MARKER).exists():
-        previous = json.loads((out_dir / "aux.json").read_text())["config"]
-        if previous != config:
-            changed = sorted(k for k in config if previous.get(k) != config[k])
-            raise ValueError(f"{out_dir} holds another finished aux fit (differs in: {', '.join(changed)}); choose "
-                             "a new output_dir or delete it")
+    if claim(out_dir, config, record=META_FILE, view=lambda meta: meta["config"], other="another finished aux fit",
+             resumable=False) == "finished":
         print(f"lit-susc: {out_dir} already holds this aux fit's finished results; nothing to do.")
         return AuxBundle.load(out_dir)
 

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..covariance import direction_reliability
+from ..rundir import write_safetensors
 
 # A kept PC whose variance is below this fraction of the first one carries no signal to learn.
 _MIN_VARIANCE_RATIO = 1e-12
@@ -81,10 +82,8 @@ class PCABasis:
         return pcs / self.variances.to(pcs).sqrt()
 
     def save(self, path: str | Path) -> None:
-        tmp = Path(str(path) + ".tmp")
-        save_file({"mean": self.mean, "scale": self.scale, "components": self.components.contiguous(),
-                   "variances": self.variances}, str(tmp))
-        tmp.replace(path)
+        write_safetensors(path, {"mean": self.mean, "scale": self.scale, "components": self.components,
+                                 "variances": self.variances})
 
     @classmethod
     def load(cls, path: str | Path) -> PCABasis:

@@ -23,9 +23,7 @@ but not run through the models). Memory holds one shard per rank.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -38,13 +36,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..corpus import ContextSet, Document, _encode, iter_texts, token_table
-from ..result import FINISHED_MARKER, read_metadata, write_json, write_parquet
+from ..result import read_metadata
+from ..rundir import (
+    claim,
+    file_digest,
+    mark_finished,
+    read_shards,
+    read_token_table,
+    remove_temporaries,
+    shard_name,
+    write_json,
+    write_parquet,
+    write_shard,
+)
 from ..tinylm import load_causal_lm
 from .bundle import META_FILE, PCA_FILE, AuxBundle
 from .features import ResidualFeatures, check_same_model, model_identity
@@ -232,10 +240,6 @@ class AuxPredictor(L.LightningModule):
         return {"pcs": pcs.T.cpu(), "chi": torch.addmm(self.chi_mean, pcs, self.pc_to_chi).T.cpu()}
 
 
-def _shard_name(kind: str, index: int, suffix: str = ".safetensors") -> str:
-    return f"{kind}/shard-{index:05d}{suffix}"
-
-
 class ShardWriter(BasePredictionWriter):
     """Collects one shard's predictions and writes its three files when its last batch is done."""
 
@@ -268,14 +272,8 @@ class ShardWriter(BasePredictionWriter):
         table = table.set_column(table.schema.get_field_index("doc_id"), "doc_id", pa.array(doc_id))
         table = table.set_column(table.schema.get_field_index("context"), "context", pa.array(context))
         for kind in ("chi", "pcs"):
-            values = torch.cat([p[kind] for p, _ in self.parts], dim=1).contiguous()
-            path = self.output_dir / _shard_name(kind, index)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({kind: values}, str(path) + ".tmp")
-            Path(str(path) + ".tmp").replace(path)
-        tokens = self.output_dir / _shard_name("tokens", index, ".parquet")
-        tokens.parent.mkdir(parents=True, exist_ok=True)
-        write_parquet(tokens, table)  # last: the shard's finished marker
+            write_shard(self.output_dir, kind, index, torch.cat([p[kind] for p, _ in self.parts], dim=1))
+        write_parquet(self.output_dir / shard_name("tokens", index, ".parquet"), table)  # last: the shard's marker
 
 
 def finished_shards(output_dir: Path) -> frozenset[int]:
@@ -305,9 +303,11 @@ def upsample(trainer: L.Trainer, aux_dir: str | Path, output_dir: str | Path, da
     if max_len is not None and context_length > max_len:
         raise ValueError(f"data.context_length={context_length} is longer than the model accepts "
                          f"(max_position_embeddings={max_len}); lower data.context_length")
-    identity = {"aux": hashlib.sha256((aux_dir / META_FILE).read_bytes()).hexdigest()[:16],
-                "aux_dir": str(aux_dir), "data": {**asdict(data), "context_length": context_length}}
-    if _prepare_output(out, identity, trainer.is_global_zero) == "finished":
+    identity = {"aux": file_digest(aux_dir / META_FILE), "aux_dir": str(aux_dir),
+                "data": {**asdict(data), "context_length": context_length}}
+    # Every rank checks (each must return when it is finished), rank 0 alone records.
+    if claim(out, identity, record=PREDICT_FILE, other="another aux prediction",
+             known=("config.yaml", "lightning_logs"), write=trainer.is_global_zero) == "finished":
         print(f"lit-susc: {out} already holds this prediction's finished results; nothing to do.")
         return out
     if config_text is not None and trainer.is_global_zero:
@@ -328,24 +328,6 @@ def upsample(trainer: L.Trainer, aux_dir: str | Path, output_dir: str | Path, da
     return out
 
 
-def _prepare_output(out: Path, identity: dict, is_global_zero: bool) -> str:
-    """'fresh', 'resume' or 'finished'; raises if ``out`` holds something else."""
-    stamp = out / PREDICT_FILE
-    if stamp.exists():
-        previous = json.loads(stamp.read_text())
-        if previous != identity:
-            changed = sorted(k for k in identity if previous.get(k) != identity[k])
-            raise ValueError(f"{out} holds another aux prediction (differs in: {', '.join(changed)}); choose a new "
-                             "output_dir or delete it")
-        return "finished" if (out / FINISHED_MARKER).exists() else "resume"
-    if out.exists() and any(p.name not in {"config.yaml", "lightning_logs"} for p in out.iterdir()):
-        raise ValueError(f"{out} is not empty and holds no aux prediction; choose a new output_dir")
-    if is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(stamp, identity)
-    return "fresh"
-
-
 def _write_index(out: Path, aux_dir: Path, bundle: AuxBundle, identity: dict, n_shards: int) -> None:
     if n_shards == 0:
         raise ValueError(f"data source {identity['data']['source']!r} holds no context of "
@@ -355,13 +337,12 @@ def _write_index(out: Path, aux_dir: Path, bundle: AuxBundle, identity: dict, n_
         raise RuntimeError(f"shards {missing[:5]} of {out} were not written; run the same command again to resume")
     shards, pcs, tokens, start = [], [], [], 0
     for s in range(n_shards):
-        stop = start + pq.ParquetFile(out / _shard_name("tokens", s, ".parquet")).metadata.num_rows
-        shards.append({"file": _shard_name("chi", s), "start": start, "stop": stop})
-        pcs.append({"file": _shard_name("pcs", s), "start": start, "stop": stop})
-        tokens.append({"file": _shard_name("tokens", s, ".parquet"), "start": start, "stop": stop})
+        stop = start + pq.ParquetFile(out / shard_name("tokens", s, ".parquet")).metadata.num_rows
+        shards.append({"file": shard_name("chi", s), "start": start, "stop": stop})
+        pcs.append({"file": shard_name("pcs", s), "start": start, "stop": stop})
+        tokens.append({"file": shard_name("tokens", s, ".parquet"), "start": start, "stop": stop})
         start = stop
-    for stale in out.rglob("*.tmp"):
-        stale.unlink()
+    remove_temporaries(out)
     shutil.copyfile(aux_dir / PCA_FILE, out / PCA_FILE)
     meta = bundle.meta
     write_json(out / "result.json", {
@@ -372,26 +353,18 @@ def _write_index(out: Path, aux_dir: Path, bundle: AuxBundle, identity: dict, n_
         # the ground truth's noise per component, for the reliability of directions (cluster.whiten)
         **({"mean_se_sq": meta["mean_se_sq"]} if "mean_se_sq" in meta else {}),
     })
-    write_json(out / FINISHED_MARKER, {"tokens": start, "shards": n_shards, "components": len(meta["components"]),
-                                       "n_pcs": meta["n_pcs"], "source": "aux"})
+    mark_finished(out, {"tokens": start, "shards": n_shards, "components": len(meta["components"]),
+                        "n_pcs": meta["n_pcs"], "source": "aux"})
 
 
 def read_pcs(directory: str | Path, start: int = 0, stop: int | None = None, whiten: bool = False) -> Tensor:
     """Predicted PC scores [n_pcs, stop - start] of a finished prediction (whitened: / sqrt(variances))."""
-    directory = Path(directory)
     meta = read_metadata(directory)
-    stop = meta["n_tokens"] if stop is None else min(stop, meta["n_tokens"])
-    parts = []
-    for shard in meta["pcs"]["shards"]:
-        lo, hi = max(start, shard["start"]), min(stop, shard["stop"])
-        if lo < hi:
-            with safe_open(str(directory / shard["file"]), framework="pt") as f:
-                parts.append(f.get_slice("pcs")[:, lo - shard["start"]:hi - shard["start"]])
-    pcs = torch.cat(parts, dim=1) if parts else torch.zeros(meta["pcs"]["n_pcs"], 0)
-    return PCABasis.load(directory / PCA_FILE).whiten(pcs.T).T if whiten else pcs
+    pcs = read_shards(directory, meta["pcs"]["shards"], "pcs", start, stop, rows=meta["pcs"]["n_pcs"],
+                      dtype=torch.float32)
+    return PCABasis.load(Path(directory) / PCA_FILE).whiten(pcs.T).T if whiten else pcs
 
 
 def read_tokens(directory: str | Path) -> pa.Table:
     """The token table of a finished prediction, all shards in order."""
-    directory = Path(directory)
-    return pa.concat_tables([pq.read_table(directory / s["file"]) for s in read_metadata(directory)["tokens"]])
+    return read_token_table(directory, read_metadata(directory)["tokens"])

@@ -25,7 +25,6 @@ equal the single-process result; only rank 0 writes.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import nullcontext
@@ -35,15 +34,14 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
-from safetensors.torch import save_file
 
 from ..aux.bundle import PCA_FILE
 from ..aux.pca import PCABasis
 from ..covariance import direction_reliability
-from ..result import read_chi, read_chi_se, read_metadata, write_json, write_parquet
+from ..result import read_chi, read_chi_se, read_metadata
+from ..rundir import atomic_path, claim, mark_finished, read_token_table, write_json, write_parquet, write_safetensors
 from .clustering import DEFAULT_CONDUCTANCE_THRESHOLD, DEFAULT_MAX_PUSHES, DEFAULT_SEEDS_PER_ROUND, cluster_graph
 from .knn import graph_from_knn, knn, knn_graph, row_blocks
 from .whiten import WhitenInfo, whiten
@@ -101,16 +99,8 @@ class ClusterConfig:
         return Path(self.output_dir) if self.output_dir else Path(self.input_dir) / "clusters"
 
 
-def read_tokens(run_dir: Path) -> pa.Table:
-    """The token table of a run: ``tokens.parquet`` or the shards under ``tokens/``."""
-    if (run_dir / "tokens.parquet").exists():
-        return pq.read_table(run_dir / "tokens.parquet")
-    shards = sorted((run_dir / "tokens").glob("shard-*.parquet"))
-    if not shards:
-        raise FileNotFoundError(f"{run_dir} has no token table (tokens.parquet or tokens/shard-*.parquet)")
-    return pa.concat_tables(pq.read_table(s) for s in shards)
-
-
+CONFIG_FILE = "config.json"
+"""The ClusterConfig, written with the outputs: a finished directory's identity."""
 # how the stage is executed, not what it computes: a finished clustering is reused across them
 _EXECUTION_FIELDS = ("devices", "accelerator")
 
@@ -181,13 +171,11 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
     if config.accelerator not in ("auto", "cpu", "gpu", "cuda"):
         raise ValueError(f"unknown accelerator {config.accelerator!r}; use 'auto', 'cpu', 'gpu' or 'cuda'")
     meta = read_metadata(run_dir)
-    if (out / "summary.json").exists():
-        previous = json.loads((out / "config.json").read_text())
-        if _result_settings(previous) == _result_settings(asdict(config)):
-            print(f"lit-susc: {out} already holds this clustering; nothing to do.")
-            return out
-        raise ValueError(f"{out} holds a clustering with other settings; choose another output_dir or delete it")
-    tokens = read_tokens(run_dir)
+    if claim(out, _result_settings(asdict(config)), record=CONFIG_FILE, view=_result_settings,
+             other="another clustering", resumable=False) == "finished":
+        print(f"lit-susc: {out} already holds this clustering; nothing to do.")
+        return out
+    tokens = read_token_table(run_dir, meta.get("tokens"))  # a prediction's token shards, or tokens.parquet
     chi = read_chi(run_dir)  # [components, tokens]
     if tokens.num_rows != chi.shape[1]:
         raise ValueError(f"the token table of {run_dir} has {tokens.num_rows} rows but chi has {chi.shape[1]} "
@@ -277,22 +265,20 @@ def _compute(config: ClusterConfig, X: np.ndarray, fabric, rank: int, world: int
 
 
 def _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, world) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "graph.npz.tmp.npz"
-    sp.save_npz(tmp, A.tocsr())
-    tmp.replace(out / "graph.npz")
+    with atomic_path(out / "graph.npz", suffix=".npz") as tmp:  # save_npz appends .npz to any other name
+        sp.save_npz(tmp, A.tocsr())
     if info is not None:
         tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in
                    (("mean", info.mean), ("components", info.components), ("variances", info.variances),
                     ("scale", info.scale))
                    if v is not None}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "whitening.safetensors"))
+        write_safetensors(out / "whitening.safetensors", tensors)
     write_parquet(out / "labels.parquet", tokens.append_column("label", pa.array(labels.astype(np.int64))))
     columns = ["label", "size", "conductance", "volume", "seed", "round"]
     write_parquet(out / "clusters.parquet", pa.table({c: [s[c] for s in stats] for c in columns}))
-    write_json(out / "config.json", asdict(config))
+    write_json(out / CONFIG_FILE, asdict(config))
     clustered = int((labels >= 0).sum())
-    write_json(out / "summary.json", {
+    mark_finished(out, {
         "tokens": int(len(labels)), "clusters": len(stats), "clustered_tokens": clustered,
         "source": meta.get("source", "sampling"), "ranks": world,
         **{k: round(v, 3) for k, v in timings.items()},

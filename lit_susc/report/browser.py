@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from ..result import FINISHED_MARKER, read_chi, read_metadata, write_json
+from ..result import read_chi, read_metadata
+from ..rundir import read_summary, require_finished, write_json, write_text
 from .plots import (component_grid, component_map_svg, plot_cluster_sizes, plot_component_map, plot_llc_heatmap,
                     plot_pca_variance, plot_pearson, plot_reliability, plot_traces)
 
@@ -167,9 +168,7 @@ def build_report(report_dir: str | Path, *, cluster_dir: str | Path, sample_dir:
     clusters = summarize_clusters(inputs, config)
     _write_cluster_pages(report_dir, inputs, clusters, config)
     index = report_dir / INDEX
-    tmp = report_dir / (INDEX + ".tmp")
-    tmp.write_text(_index_page(inputs, clusters, plots, config), encoding="utf-8")
-    tmp.replace(index)
+    write_text(index, _index_page(inputs, clusters, plots, config))  # last: the report's finished marker
     return index
 
 
@@ -211,9 +210,7 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
     """Read and cross-check a report's inputs (see ``build_report``)."""
     cluster_dir = _require_dir(cluster_dir, "cluster_dir")
     sample_dir = _require_dir(sample_dir, "sample_dir")
-    if not (cluster_dir / FINISHED_MARKER).exists():
-        raise FileNotFoundError(f"{cluster_dir} holds no finished clustering ({FINISHED_MARKER} is missing); run "
-                                "`python run.py cluster --input_dir <run>` to completion first")
+    require_finished(cluster_dir, "clustering", "run `python run.py cluster --input_dir <run>` to completion first")
     cluster_config = _read_json(cluster_dir / "config.json", "the cluster stage writes it; rerun the stage")
     input_dir = clustered_run(cluster_dir, cluster_config)
     input_meta = read_metadata(input_dir)
@@ -246,9 +243,7 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
     aux = None
     if aux_dir is not None:
         aux_dir = _require_dir(aux_dir, "aux_dir")
-        if not (aux_dir / FINISHED_MARKER).exists():
-            raise FileNotFoundError(f"{aux_dir} holds no finished aux fit ({FINISHED_MARKER} is missing); run "
-                                    "`python run.py aux fit` to completion first")
+        require_finished(aux_dir, "aux fit", "run `python run.py aux fit` to completion first")
         aux = _read_json(aux_dir / "aux.json", "`aux fit` writes it")
         missing = [k for k in ("pc_variances", "pearson", "ridge") if k not in aux]
         if missing:
@@ -258,9 +253,8 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
     return Inputs(
         cluster_dir=cluster_dir, sample_dir=sample_dir, input_dir=input_dir,
         aux_dir=Path(aux_dir) if aux_dir is not None else None, analysis_dir=analysis_dir,
-        sample_meta=sample_meta, sample_summary=json.loads((sample_dir / FINISHED_MARKER).read_text()),
-        input_meta=input_meta, cluster_config=cluster_config,
-        cluster_summary=json.loads((cluster_dir / FINISHED_MARKER).read_text()),
+        sample_meta=sample_meta, sample_summary=read_summary(sample_dir),
+        input_meta=input_meta, cluster_config=cluster_config, cluster_summary=read_summary(cluster_dir),
         labels=labels, clusters=clusters,
         llc=_read_json(sample_dir / "llc.json", "every finished sampling run has one"), traces=traces, aux=aux,
     )
