@@ -3,9 +3,10 @@
     python run.py pipeline --config configs/quickstart.yaml [--from-stage cluster]
     python run.py sample --config configs/quickstart.yaml
     python run.py sample --config configs/quickstart.yaml --print_config
-    python run.py aux fit --config configs/aux_fit_quickstart.yaml
-    python run.py aux predict --config configs/aux_predict_quickstart.yaml
-    python run.py cluster --config configs/cluster.yaml
+    python run.py aux fit --config configs/aux_fit_pythia-1.4b.yaml
+    python run.py aux predict --config configs/aux_predict_pythia-1.4b.yaml
+    python run.py cluster --config runs/quickstart/pipeline/cluster.yaml   (the pipeline writes it, from
+                                             configs/quickstart.yaml's cluster section)
     python run.py analyse --config ...       (the leak check; the pipeline writes its config)
     python run.py report --config ...        (the cluster browser; likewise)
     python run.py bif --config configs/bif_quickstart.yaml

@@ -226,7 +226,7 @@ def make_contexts(
     start_chunks: list[np.ndarray] = []
     to_skip, taken = skip_contexts, 0
     for batch in _batched(documents, _ENCODE_BATCH_DOCUMENTS):
-        encoded = _encode(tokenizer, [doc.text for doc in batch])
+        encoded = encode_texts(tokenizer, [doc.text for doc in batch])
         for doc, ids in zip(batch, encoded):
             doc_id = len(names)
             names.append(doc.name)
@@ -272,7 +272,8 @@ def _batched(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
         yield batch
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens (how every context of this package is cut)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         # The Rust tokenizer directly: parallel, and no "longer than model_max_length" warning.

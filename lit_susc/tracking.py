@@ -47,7 +47,7 @@ def _read_json(path: Path) -> dict:
 
 def cluster_table(cluster_dir: Path, top_tokens: int = 8) -> pa.Table:
     """clusters.parquet plus each cluster's most frequent tokens (one string)."""
-    from .report.browser import frequent_tokens
+    from .report.statistics import frequent_tokens
 
     clusters = pq.read_table(cluster_dir / "clusters.parquet")
     frequent = frequent_tokens(pq.read_table(cluster_dir / "labels.parquet", columns=["label", "token"]), top_tokens)

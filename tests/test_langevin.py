@@ -54,8 +54,10 @@ def test_one_step_matches_the_formula_with_localization_and_noise():
 
 
 def test_entries_outside_the_mask_and_unlisted_parameters_never_move():
+    """After restrict({first: mask}), steps move exactly the masked entries of ``first``; every other
+    parameter stays put although the loss pulls on it (its gradient is non-zero)."""
     model, loss = _model_and_grads()
-    first, second = model[0].weight, model[2].weight
+    first = model[0].weight
     mask = torch.zeros_like(first, dtype=torch.bool)
     mask[1, 2:] = True
     opt = SGLD(model.parameters(), lr=1e-2, nbeta=10.0, localization=1.0)
@@ -70,7 +72,8 @@ def test_entries_outside_the_mask_and_unlisted_parameters_never_move():
     for name, p in model.named_parameters():
         if p is not first:
             assert torch.equal(p.detach(), before[name]), name
-    assert not torch.equal(second.detach(), second.detach() + 1)  # sanity: comparison is live
+            # else staying put would not show the restriction: an unrestricted step would move it too
+            assert p.grad is not None and p.grad.abs().max() > 0, name
 
 
 def test_rmsprop_preconditioner_follows_the_design_formula():
@@ -121,7 +124,8 @@ def test_bounding_box_clamps_around_the_anchor():
         assert (p.detach() - w0).abs().max() <= 0.01 + 1e-7
 
 
-@pytest.mark.parametrize("kwargs", [dict(lr=0.0, nbeta=1.0), dict(lr=1e-3, nbeta=-1.0), dict(lr=1e-3, nbeta=1.0, localization=-1)])
+@pytest.mark.parametrize("kwargs", [{"lr": 0.0, "nbeta": 1.0}, {"lr": 1e-3, "nbeta": -1.0},
+                                    {"lr": 1e-3, "nbeta": 1.0, "localization": -1}])
 def test_invalid_hyperparameters_are_rejected(kwargs):
     with pytest.raises(ValueError):
         SGLD(nn.Linear(2, 2).parameters(), **kwargs)

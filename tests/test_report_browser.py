@@ -24,16 +24,16 @@ import torch
 
 from lit_susc import SusceptibilityResult
 from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
-from lit_susc.report import ReportConfig, build_report
-from lit_susc.report import browser
-from lit_susc.report.browser import cluster_profiles, context_windows, visible
+from lit_susc.report import ReportConfig, build_report, pages
+from lit_susc.report.pages import visible
+from lit_susc.report.statistics import cluster_profiles, context_windows, frequent_tokens
 
 COMPONENTS = [f"layers.{l}.heads.{h}" for l in range(2) for h in range(3)] + [
     "layers.0.mlp", "layers.1.mlp", "embed", "unembed"]
 CONTEXTS, PER_CONTEXT, CONTEXTS_PER_DOC = 40, 15, 10
 PLANTED = {" the": 30, "\n": 40, "<b>&": 50}  # token -> group size; "<b>&" must come out escaped
 BACKGROUND = ["x", "y", "z", "(", ")", "=", "1", "2", "foo", "bar", "\t", "  "]
-CLUSTERING = dict(k=10, alpha=1e-2, eps=1e-5, min_size=10)
+CLUSTERING = {"k": 10, "alpha": 1e-2, "eps": 1e-5, "min_size": 10}
 CHROMIUM_TIMEOUT_S = 60
 
 
@@ -163,7 +163,7 @@ def chromium(tmp_path: Path, url: str, *args: str) -> str:
     proc = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                            "--disable-background-networking", "--no-first-run", f"--user-data-dir={profile}",
                            "--enable-logging=stderr", "--v=0", *args, url],
-                          capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
+                          check=False, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
     assert proc.returncode == 0, f"chromium failed on {url}:\n{proc.stderr[-3000:]}"
     errors = [line for line in proc.stderr.splitlines() if "Uncaught" in line]
     assert not errors, f"the page's script failed: {errors}"
@@ -209,13 +209,13 @@ def test_the_url_hash_sorts_by_conductance_and_filters_by_frequent_token(work, t
     dom = Elements(chromium(tmp_path, work["index"].as_uri() + "#q=THE", "--dump-dom"))
     shown = {int(r["data-label"]) for r in dom.rows() if "hidden" not in r}
     expected = {c["label"] for c in work["clusters"]
-                if any("the" in t.lower() for t, _ in browser.frequent_tokens(work["labels"], 15)[c["label"]])}
+                if any("the" in t.lower() for t, _ in frequent_tokens(work["labels"], 15)[c["label"]])}
     assert shown == expected and 0 < len(shown) < len(work["clusters"])
 
     dom = Elements(chromium(tmp_path, work["index"].as_uri() + "#q=" + quote("⏎"), "--dump-dom"))
     shown = {int(r["data-label"]) for r in dom.rows() if "hidden" not in r}
     expected = {c["label"] for c in work["clusters"]
-                if any("\n" in t for t, _ in browser.frequent_tokens(work["labels"], 15)[c["label"]])}
+                if any("\n" in t for t, _ in frequent_tokens(work["labels"], 15)[c["label"]])}
     assert shown == expected and len(shown) > 0  # searched by the symbol the pages show for a newline
 
 
@@ -389,7 +389,7 @@ def test_a_failed_rebuild_leaves_no_index_behind(work, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(browser, "component_map_svg", broken)
+    monkeypatch.setattr(pages, "component_map_svg", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         build_report(report, cluster_dir=work["run"] / "clusters", sample_dir=work["run"])
     assert not (report / "index.html").exists()

@@ -39,7 +39,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from ..corpus import ContextSet, Document, _encode, iter_texts, token_table
+from ..corpus import ContextSet, Document, encode_texts, iter_texts, token_table
 from ..result import read_metadata
 from ..rundir import (
     claim,
@@ -133,7 +133,7 @@ def _iter_contexts(tokenizer, documents: Iterator[Document], context_length: int
     """(token ids [T], document index, start position, document name) of every context, in stream order."""
     doc_id = 0
     for batch in _text_groups(documents):
-        for doc, ids in zip(batch, _encode(tokenizer, [d.text for d in batch])):
+        for doc, ids in zip(batch, encode_texts(tokenizer, [d.text for d in batch])):
             starts = range(0, len(ids) - context_length + 1, context_length)
             for start in starts if per_document is None else starts[:per_document]:
                 yield ids[start:start + context_length], doc_id, start, doc.name

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .browser import ReportConfig, build_report
+from .browser import build_report
+from .config import ReportConfig
 
 
 @dataclass

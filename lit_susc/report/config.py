@@ -1,0 +1,54 @@
+"""What the cluster browser shows: ReportConfig, checked when it is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ReportConfig:
+    """What the cluster browser shows."""
+
+    examples_per_cluster: int = 40
+    """Tokens shown in context on each cluster page (chosen at random among its tokens, then
+    shown in reading order)."""
+    context_left: int = 12
+    """Tokens of context shown before each example token (never across its context's edge)."""
+    context_right: int = 4
+    """Tokens of context shown after each example token."""
+    top_tokens: int = 15
+    """Most frequent tokens listed on each cluster page (and searched by the index's search box)."""
+    trace_components: list[str] | None = None
+    """Glob patterns of the components whose SGLD traces are plotted; each must match a traced
+    component. None: head 0 and the MLP of the first and last layer, and embed/pos_embed/unembed
+    (the first four components of a run without transformer names)."""
+    profile: Literal["zscore", "raw"] = "zscore"
+    """A cluster's profile: the mean over its tokens of each component's chi z-scored over all
+    tokens ('zscore'), or of raw chi ('raw'). Raw chi scales differ by orders of magnitude between
+    components, so raw profiles mostly show which components have large chi everywhere."""
+    chi_block_tokens: int = 1 << 16
+    """Tokens of chi read at a time (memory: components x this x 8 bytes)."""
+    example_seed: int = 0
+    """Seeds the choice of example tokens, so a rebuilt report shows the same examples."""
+    min_reliability: float = 0.3
+    """Components whose reliability (the share of their chi's variance over tokens that is signal)
+    is below this are drawn hatched grey in the cluster profiles: their chi is mostly noise."""
+    warn_median_reliability: float = 0.5
+    """Below this median component reliability the index page carries a banner saying so."""
+
+    def __post_init__(self) -> None:
+        for name in ("examples_per_cluster", "context_left", "context_right", "top_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ReportConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("min_reliability", "warn_median_reliability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"ReportConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.chi_block_tokens < 1:
+            raise ValueError(f"ReportConfig.chi_block_tokens must be >= 1, got {self.chi_block_tokens}")
+        if self.profile not in ("zscore", "raw"):
+            raise ValueError(f"ReportConfig.profile must be 'zscore' or 'raw', got {self.profile!r}")
+        if isinstance(self.trace_components, str):
+            self.trace_components = [self.trace_components]
+        if self.trace_components is not None and not self.trace_components:
+            raise ValueError("ReportConfig.trace_components is empty; give glob patterns, or None for the default")

@@ -1,0 +1,218 @@
+"""The numbers the report's pages show: cluster profiles, frequent tokens, example tokens in
+context, and which components' chi is reliable enough to read.
+
+chi is read in blocks of tokens, once, to get every cluster's mean profile, so it never has to
+fit in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from ..result import read_chi, read_metadata
+from .config import ReportConfig
+from .inputs import CLUSTER_COLUMNS, Inputs
+
+
+@dataclass
+class Example:
+    """One example token in its context, as far as the window reaches within that context."""
+
+    origin: str
+    """Where the token is: ``document:position`` (as much of it as the token table records)."""
+    left: list[str]
+    """Token texts before it, in reading order."""
+    token: str
+    right: list[str]
+    """Token texts after it, in reading order."""
+    more_left: bool
+    """The context goes on before ``left``."""
+    more_right: bool
+    """The context goes on after ``right``."""
+
+
+@dataclass
+class Cluster:
+    """One cluster as its page shows it."""
+
+    label: int
+    size: int
+    conductance: float
+    volume: float
+    seed: int
+    round: int
+    profile: np.ndarray
+    """[n_components]: mean over the cluster's tokens (ReportConfig.profile)."""
+    top_tokens: list[tuple[str, int]]
+    """(token, count), most frequent first."""
+    examples: list[Example]
+    """Example tokens in reading order (ReportConfig.examples_per_cluster of them at most)."""
+
+
+def summarize_clusters(inputs: Inputs, config: ReportConfig) -> list[Cluster]:
+    """Every cluster's profile, frequent tokens and examples in context, in label order."""
+    table = inputs.clusters
+    n_clusters = table.num_rows
+    if n_clusters == 0:
+        return []
+    labels = inputs.labels.column("label").to_numpy()
+    cluster_labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
+    # position of each token's cluster in ``cluster_labels`` (sorted), -1 for unclustered tokens
+    index = np.searchsorted(cluster_labels, labels)
+    index[labels < 0] = -1
+    sizes = np.asarray(table.column("size").to_pylist(), dtype=np.float64)
+    profiles = cluster_profiles(inputs.input_dir, index, sizes, config)
+    top = frequent_tokens(inputs.labels, config.top_tokens)
+    # token rows grouped by cluster, in row order: the unclustered (-1) first, then cluster 0, 1, ...
+    members = np.split(np.argsort(index, kind="stable"), np.cumsum(np.bincount(index + 1, minlength=n_clusters + 1)))
+    columns = {c: table.column(c).to_pylist() for c in CLUSTER_COLUMNS}
+    examples = cluster_examples(inputs.labels, members[1:n_clusters + 1], cluster_labels, config)
+    return [Cluster(label=int(columns["label"][i]), size=int(columns["size"][i]),
+                    conductance=float(columns["conductance"][i]), volume=float(columns["volume"][i]),
+                    seed=int(columns["seed"][i]), round=int(columns["round"][i]), profile=profiles[i],
+                    top_tokens=top.get(int(cluster_labels[i]), []), examples=examples[i])
+            for i in range(n_clusters)]
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def cluster_profiles(run_dir: Path, index: np.ndarray, sizes: np.ndarray, config: ReportConfig) -> np.ndarray:
+    """[n_clusters, n_components]: each cluster's mean chi, z-scored per component unless 'raw'.
+
+    One pass over chi in blocks: per-cluster sums, and each component's mean and variance over
+    all tokens (``merge_moments``). The mean of z-scores is (cluster mean - mean) / std; a
+    component with no spread has no z-score (NaN, drawn grey).
+    """
+    n_tokens, n_components = len(index), len(read_metadata(run_dir)["components"])
+    idx = torch.from_numpy(index)
+    sums = torch.zeros(len(sizes), n_components, dtype=torch.float64)
+    mean, m2, count = torch.zeros(n_components, dtype=torch.float64), torch.zeros(n_components, dtype=torch.float64), 0
+    for a in range(0, n_tokens, config.chi_block_tokens):
+        x = read_chi(run_dir, a, a + config.chi_block_tokens).to(torch.float64)  # [components, b]
+        if not torch.isfinite(x).all():
+            bad = a + int((~torch.isfinite(x)).any(0).nonzero()[0])
+            raise ValueError(f"chi of {run_dir} is not finite at token {bad}; repair the run before reporting on it")
+        mean, m2, count = merge_moments(mean, m2, count, x)
+        mine = idx[a:a + x.shape[1]]
+        keep = mine >= 0
+        sums.index_add_(0, mine[keep], x.T[keep])
+    raw = sums / torch.from_numpy(sizes)[:, None]
+    if config.profile == "raw":
+        return raw.numpy()
+    std = (m2 / count).sqrt()
+    z = (raw - mean) / std
+    z[:, std == 0] = float("nan")
+    return z.numpy()
+
+
+def merge_moments(mean: torch.Tensor, m2: torch.Tensor, count: int,
+                  block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Running per-row mean and sum of squared deviations (M2) of ``count`` columns, with the
+    columns of ``block`` [rows, b] merged in (Chan et al.): (mean, M2, count) of all of them.
+
+    Merging block moments stays accurate when a row's mean is far larger than its spread, where
+    summing squares would cancel; the variance is M2 / count.
+    """
+    b = block.shape[1]
+    delta, total = block.mean(1) - mean, count + b
+    mean = mean + delta * (b / total)
+    m2 = m2 + block.var(1, correction=0) * b + delta.square() * (count * b / total)
+    return mean, m2, total
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def frequent_tokens(labels: pa.Table, top: int) -> dict[int, list[tuple[str, int]]]:
+    """label -> the ``top`` most frequent tokens of that cluster with their counts (ties: by token)."""
+    clustered = labels.select(["label", "token"]).filter(pc.greater_equal(labels.column("label"), 0))
+    counts = clustered.group_by(["label", "token"]).aggregate([([], "count_all")])
+    counts = counts.sort_by([("label", "ascending"), ("count_all", "descending"), ("token", "ascending")])
+    out: dict[int, list[tuple[str, int]]] = {}
+    for label, token, n in zip(*(counts.column(c).to_pylist() for c in ("label", "token", "count_all"))):
+        mine = out.setdefault(int(label), [])
+        if len(mine) < top:
+            mine.append((token, int(n)))
+    return out
+
+
+def context_windows(context: np.ndarray, offset: np.ndarray, left: int, right: int) -> tuple[np.ndarray, np.ndarray]:
+    """How far each row's window reaches within its context: (rows before it, rows after it).
+
+    ``context`` and ``offset`` are [E, left + right + 3]: the rows from row - left - 1 to
+    row + right + 1 of each example (the centre at column left + 1; rows past the table's ends
+    hold -1). A row belongs to the example's context when its context id is the centre's and
+    its offset differs from the centre's by its row distance: that holds within a context
+    whatever the numbering of contexts (global, as aux predict writes, or restarting per shard).
+    The extra row on each side tells whether the context goes on past the window (returned
+    counts of left + 1 or right + 1 mean it does).
+    """
+    centre = left + 1
+    span = np.arange(-centre, right + 2)
+    same = (context == context[:, [centre]]) & (offset - offset[:, [centre]] == span) & (offset >= 0)
+    before = np.cumprod(same[:, centre - 1::-1], axis=1).sum(1)
+    after = np.cumprod(same[:, centre + 1:], axis=1).sum(1)
+    return before, after
+
+
+def cluster_examples(labels: pa.Table, members: list[np.ndarray], cluster_labels: np.ndarray,
+                     config: ReportConfig) -> list[list[Example]]:
+    """Each cluster's example tokens in context: ``examples_per_cluster`` of its token rows chosen
+    at random (seeded by ``example_seed`` and the label, so a rebuilt report shows the same ones),
+    in reading order."""
+    chosen = []
+    for label, rows in zip(cluster_labels, members):
+        rng = np.random.default_rng([config.example_seed, int(label)])
+        k = min(config.examples_per_cluster, len(rows))
+        chosen.append(np.sort(rng.choice(rows, size=k, replace=False)) if k < len(rows) else np.sort(rows))
+    flat = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+    if flat.size == 0:
+        return [[] for _ in members]
+    left, right, n = config.context_left, config.context_right, labels.num_rows
+    cand = flat[:, None] + np.arange(-left - 1, right + 2)
+    inside = (cand >= 0) & (cand < n)
+    take = pa.array(np.clip(cand, 0, n - 1).ravel())
+    gather = {c: labels.column(c).take(take).to_numpy(zero_copy_only=False).reshape(cand.shape)
+              for c in ("context", "offset")}
+    context = np.where(inside, gather["context"], -1)
+    offset = np.where(inside, gather["offset"], -1)
+    before, after = context_windows(context, offset, left, right)
+    # only the rows shown are read as text
+    needed = np.unique(np.concatenate([np.arange(r - min(b, left), r + min(a, right) + 1)
+                                       for r, b, a in zip(flat, before, after)]))
+    text = dict(zip(needed.tolist(), labels.column("token").take(pa.array(needed)).to_pylist()))
+    where = {c: dict(zip(flat.tolist(), labels.column(c).take(pa.array(flat)).to_pylist()))
+             for c in ("document", "position") if c in labels.column_names}
+    out, pos = [], 0
+    for rows in chosen:
+        examples = []
+        for r in rows.tolist():
+            b, a = int(before[pos]), int(after[pos])
+            pos += 1
+            examples.append(Example(
+                origin=":".join(str(where[c][r]) for c in ("document", "position") if c in where),
+                left=[text[j] for j in range(r - min(b, left), r)], token=text[r],
+                right=[text[j] for j in range(r + 1, r + min(a, right) + 1)],
+                more_left=b > left, more_right=a > right))
+        out.append(examples)
+    return out
+
+
+# ----------------------------------------------------------------------------- reliability
+
+
+def known_reliabilities(inputs: Inputs) -> list[float]:
+    """The sampling run's component reliabilities, the unknown ones (None) left out."""
+    return [r for r in inputs.reliability.values() if r is not None]
+
+
+def unreliable_components(inputs: Inputs, config: ReportConfig) -> list[str]:
+    """Components whose chi is mostly noise (reliability below ReportConfig.min_reliability, or unknown)."""
+    return [c for c, r in inputs.reliability.items() if r is None or r < config.min_reliability]
