@@ -101,7 +101,7 @@ def main() -> None:
 
     def observation_pass():
         with torch.no_grad():
-            module.observation_losses()
+            module.engine.observation_losses()
 
     for fn in (forward_backward, forward, observation_pass):
         fn()  # warm-up

@@ -11,12 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .chains import LossFn
 from .components import resolve_components
 from .config import ComputeConfig, SGLDConfig
 from .engine import bif_callbacks, make_trainer, run_bif, run_sampling
 from .influence import BIFResult
 from .result import SusceptibilityResult
-from .sampler import LossFn, SamplingData, SusceptibilitySampler
+from .sampler import SamplingData, SusceptibilitySampler
 
 
 def estimate_susceptibilities(

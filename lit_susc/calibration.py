@@ -74,7 +74,7 @@ from .config import ComputeConfig, SGLDConfig
 from .diagnostics import bulk_ess
 from .figures import Figure, save_png
 from .rundir import mark_finished, write_parquet, write_text
-from .sampler import LossFn
+from .chains import LossFn
 
 MIN_DRAWS = 8
 """Draws per chain a calibration needs: the stationarity test compares halves of >= 4 draws."""

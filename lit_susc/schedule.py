@@ -38,9 +38,12 @@ only, so the result depends on the seed, never on timing.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 
 MSER_BATCH = 5
 """Steps per batch of the MSER burn-in rule."""
@@ -152,3 +155,87 @@ def rounds(draws: int, target_reliability: float | None, max_draws: int | None) 
     if target_reliability is None:
         return 1
     return max(1, (max_draws or 8 * draws) // draws)
+
+
+def plan_from_pilot(phi: list[float], projected: np.ndarray, draw_cost_measured: float, burn_in: int | str,
+                    steps_between_draws: int | str, draw_cost: float | None, max_steps_between_draws: int) -> dict:
+    """A component's plan from its pilot chain (module docstring): the burn-in (MSER-5 when
+    ``burn_in`` is 'auto'), the thinning (``choose_thinning`` when 'auto') at the draw cost
+    ``draw_cost`` (None: the measured one), and a sentence saying what was chosen and why."""
+    trace = np.asarray(phi)
+    first, settled = mser_burn_in(trace) if burn_in == "auto" else (min(burn_in, len(trace) // 2), True)
+    cost = draw_cost_measured if draw_cost is None else draw_cost
+    series = covariance_products(trace[first:], np.asarray(projected)[:, first:])
+    choice = choose_thinning(series, cost, max_steps_between_draws)
+    between = choice.steps_between_draws if steps_between_draws == "auto" else steps_between_draws
+    reason = [f"burn_in {first} (MSER-5 on the {len(trace)}-step pilot"
+              + ("" if settled else "; phi still drifts at its end: raise sgld.pilot_steps") + ")"
+              if burn_in == "auto" else f"burn_in {first}"]
+    reason.append(choice.describe() if steps_between_draws == "auto" else f"steps_between_draws {between}")
+    return {"burn_in": int(first), "settled": bool(settled), "steps_between_draws": int(between),
+            "draw_cost": float(cost), "draw_cost_measured": float(draw_cost_measured), "tau": choice.tau,
+            "efficiency": choice.efficiency, "phi": list(phi), "reason": "; ".join(reason)}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One round of one chain of one component."""
+
+    index: int
+    component_index: int
+    component: str
+    chain: int
+    round: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.component_index:05d}-chain{self.chain:03d}" + (f"-round{self.round:03d}" if self.round else "")
+
+
+def unit_seed(seed: int, component_index: int, chain: int, stream: int) -> int:
+    """A 63-bit seed for one random stream of a chain (0: noise, 1: minibatch order; 2, 3: the
+    pilot's noise and order; 4: the pilot's projections)."""
+    return int(np.random.SeedSequence([seed, component_index, chain, stream]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def minibatch_order(seed: int, component_index: int, chain: int, stream: int, n_batches: int, length: int) -> np.ndarray:
+    """The first ``length`` minibatch indices of a chain: one random permutation of the batches
+    after another (a longer order starts with the shorter one, so rounds continue it)."""
+    rng = np.random.default_rng(unit_seed(seed, component_index, chain, stream))
+    return np.concatenate([rng.permutation(n_batches) for _ in range(math.ceil(length / n_batches))])[:length]
+
+
+class ChainSchedule(Dataset):
+    """Steps of this rank's pending groups of chains, in order: item i -> {group, step, index, data}.
+
+    A group is up to ``compute.batch_chains`` chains of one component, stepped together through
+    the steps of its ``ChainPlan``; ``index`` and ``data`` hold each chain's minibatch (every chain
+    keeps its own order). Ranks get the same number of items (idle items, ``group = -1``, pad the
+    shorter ones) because Lightning's loop talks to all ranks at every step.
+    """
+
+    def __init__(self, groups: Sequence[tuple[int, list[Unit], ChainPlan]], sampling: list[Any], seed: int,
+                 length: int) -> None:
+        self.groups, self.sampling, self.seed, self.length = list(groups), sampling, seed, length
+        self.starts = np.cumsum([0] + [plan.steps for _, _, plan in self.groups])
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _order(self, unit: Unit, plan: ChainPlan) -> np.ndarray:
+        if unit.index not in self._orders:
+            if len(self._orders) > 64:
+                self._orders.clear()
+            self._orders[unit.index] = minibatch_order(self.seed, unit.component_index, unit.chain, 1,
+                                                       len(self.sampling), plan.first_step + plan.steps)
+        return self._orders[unit.index]
+
+    def __getitem__(self, i: int) -> dict:
+        g = int(np.searchsorted(self.starts, i, side="right")) - 1
+        if g >= len(self.groups):
+            return {"group": -1, "step": 0, "index": [0], "data": [self.sampling[0]]}
+        group, units, plan = self.groups[g]
+        step = i - int(self.starts[g])
+        index = [int(self._order(unit, plan)[plan.first_step + step]) for unit in units]
+        return {"group": group, "step": step, "index": index, "data": [self.sampling[j] for j in index]}
