@@ -71,7 +71,8 @@ def make_trainer(trainer: dict | None, run_dir: Path, required: list[L.Callback]
         max_epochs=rounds, reload_dataloaders_every_n_epochs=1, enable_checkpointing=False, use_distributed_sampler=False,
         num_sanity_val_steps=0, default_root_dir=str(run_dir),
         callbacks=with_required_callbacks(kwargs.get("callbacks"), required),
-        strategy=chains_strategy(kwargs.get("strategy", "auto")),
+        strategy=chains_strategy(kwargs.get("strategy", "auto"), kwargs.get("devices", 1),
+                                 kwargs.get("accelerator", "auto")),
     )
     return L.Trainer(**kwargs)
 

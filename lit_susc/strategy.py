@@ -27,9 +27,24 @@ if IndependentChainsStrategy.strategy_name not in StrategyRegistry:
     )
 
 
-def chains_strategy(strategy):
-    """Map a user's ``ddp`` request to the independent-chains strategy; leave others alone."""
+def _several_devices(devices, accelerator) -> bool:
+    """Whether Lightning would start more than one process for ``devices`` (an int, a list of
+    indices, "auto" or -1: every visible GPU)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if devices in ("auto", -1, "-1"):
+        import torch
+
+        return accelerator in ("auto", "gpu", "cuda") and torch.cuda.device_count() > 1
+    return int(devices) > 1
+
+
+def chains_strategy(strategy, devices=1, accelerator="auto"):
+    """Map a user's ``ddp`` request, and ``auto`` on several devices (where Lightning would choose
+    plain DDP), to the independent-chains strategy; leave others alone."""
     if isinstance(strategy, str) and strategy in ("ddp", "ddp_find_unused_parameters_true", "ddp_chains"):
+        return IndependentChainsStrategy()
+    if strategy == "auto" and _several_devices(devices, accelerator):
         return IndependentChainsStrategy()
     if isinstance(strategy, DDPStrategy) and not isinstance(strategy, IndependentChainsStrategy):
         raise ValueError("pass strategy='ddp' (or 'ddp_chains'): a plain DDPStrategy would average gradients "

@@ -81,3 +81,15 @@ def test_a_run_killed_in_a_later_round_resumes_to_the_same_chi(tmp_path):
     resumed = _run(run_dir, 1, "--auto")
     assert resumed.schedule == reference.schedule
     assert torch.equal(resumed.chi, reference.chi) and torch.equal(resumed.chi_se, reference.chi_se)
+
+
+def test_several_devices_with_strategy_auto_get_independent_chains():
+    """Lightning's "auto" on several devices is plain DDP, which averages gradients across ranks (and
+    refuses a sampler whose frozen parameters get none): the Trainer gets the independent-chains
+    strategy instead, as for "ddp"; one device keeps "auto"."""
+    from lit_susc.strategy import IndependentChainsStrategy, chains_strategy
+
+    assert isinstance(chains_strategy("auto", 2, "cpu"), IndependentChainsStrategy)
+    assert isinstance(chains_strategy("auto", [0, 1], "gpu"), IndependentChainsStrategy)
+    assert chains_strategy("auto", 1, "cpu") == "auto"
+    assert chains_strategy("auto", "auto", "cpu") == "auto"
