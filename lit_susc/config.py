@@ -8,8 +8,7 @@ from typing import Literal
 
 from .langevin import SAMPLERS, SGLD
 from .schedule import rounds
-
-Convention = Literal["seed", "baker"]
+from .statistics import CONVENTIONS, Convention
 
 
 @dataclass
@@ -101,8 +100,8 @@ class SGLDConfig:
             raise ValueError(f"SGLDConfig.bounding_box must be a number > 0 or null, got {self.bounding_box}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"SGLDConfig.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
-        if self.convention not in ("seed", "baker"):
-            raise ValueError(f"SGLDConfig.convention must be 'seed' or 'baker', got {self.convention!r}")
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"SGLDConfig.convention must be one of {CONVENTIONS}, got {self.convention!r}")
 
     @property
     def needs_pilot(self) -> bool:

@@ -14,7 +14,8 @@ draws, chains and ranks. From them, pooled over all S draws of all chains of C:
     baker convention (Baker et al. 2025, devinterp 2.0.1):
         chi[t] = -Cov(phi, d[t]) = -(seed value) / nbeta
 
-and the per-chain learning coefficient lambda = nbeta * mean_s phi_s.
+and the per-chain learning coefficient lambda = nbeta * mean_s phi_s. (Both conventions are
+chi = k Cov(phi, d[t]); lit_susc.statistics names them, holds k and converts between them.)
 
 Standard error of chi (batch means of the linearised estimator). Draws of a chain are
 autocorrelated, so they are not counted as independent: each chain's draws are cut into
@@ -68,7 +69,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-CONVENTIONS = ("seed", "baker")
+from .statistics import convention_coefficient
 
 
 class StreamingSums:
@@ -180,7 +181,7 @@ class CovarianceSums(StreamingSums):
 
     @classmethod
     def zeros(cls, n_tokens: int, device: torch.device | str = "cpu", block: int = 0) -> CovarianceSums:
-        z = lambda *shape: _zeros(*shape, device=device)  # noqa: E731
+        z = lambda *shape: _zeros(*shape, device=device)
         return cls(z(), z(), z(), z(n_tokens), z(n_tokens), BatchMoments.zeros(n_tokens, device, block),
                    BatchMoments.zeros(n_tokens, device, max(1, block // 2)))
 
@@ -233,26 +234,15 @@ class CovarianceSums(StreamingSums):
         half = self.half_batches.variance(*args)
         return plain * (2 - half.sum() / plain.sum()).clamp_min(1.0)
 
-    def phi_variance(self) -> Tensor:
-        s = self.count
-        return self.sum_phi_sq / s - (self.sum_phi / s) ** 2
-
 
 def susceptibility(sums: CovarianceSums, nbeta: float, convention: str = "seed") -> Tensor:
-    """chi[t] in the given convention (module docstring)."""
-    if convention == "seed":
-        return nbeta * sums.covariance()
-    if convention == "baker":
-        return -sums.covariance()
-    raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    """chi[t] = k Cov(phi, d[t]) in the given convention (module docstring)."""
+    return convention_coefficient(convention, nbeta) * sums.covariance()
 
 
 def susceptibility_se(sums: CovarianceSums, nbeta: float, convention: str = "seed") -> Tensor:
-    """chi_se[t]: the batch-means standard error of ``susceptibility`` (module docstring)."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    se = sums.covariance_variance().sqrt()
-    return nbeta * se if convention == "seed" else se
+    """chi_se[t] = |k| sqrt(Var(c)): the batch-means standard error of ``susceptibility`` (module docstring)."""
+    return abs(convention_coefficient(convention, nbeta)) * sums.covariance_variance().sqrt()
 
 
 def reliability(chi: Tensor, chi_se: Tensor) -> float:

@@ -29,6 +29,7 @@ import torch
 
 from .covariance import reliability as _reliability
 from .rundir import TOKENS_FILE, mark_finished, read_shards, require_finished, write_json, write_parquet, write_shard
+from .statistics import DESCRIPTIONS, check_convention, convert_chi, convert_chi_se
 
 
 @dataclass
@@ -65,9 +66,7 @@ class SusceptibilityResult:
 
     @property
     def description(self) -> str:
-        if self.convention == "seed":
-            return "chi = nbeta * Cov(phi_C, l_xy - L_n) (the spec's estimator, 'seed' convention)"
-        return "chi = -Cov(phi_C, l_xy - L_n) (Baker et al. 2025 / devinterp, 'baker' convention)"
+        return DESCRIPTIONS[check_convention(self.convention)]
 
     @property
     def median_reliability(self) -> float | None:
@@ -76,21 +75,14 @@ class SusceptibilityResult:
         return statistics.median(finite) if finite else None
 
     def in_convention(self, convention: str) -> torch.Tensor:
-        """chi converted to the other convention (baker = -seed / nbeta)."""
-        return self.chi * self._factor(convention)
+        """chi in the given convention (lit_susc.statistics: baker = -seed / nbeta)."""
+        return convert_chi(self.chi, self.nbeta, self.convention, convention)
 
     def se_in_convention(self, convention: str) -> torch.Tensor:
-        """chi_se in the other convention (baker = seed / nbeta: a standard error has no sign)."""
+        """chi_se in the given convention (baker = seed / nbeta: a standard error has no sign)."""
         if self.chi_se is None:
             raise ValueError("this result holds no chi_se")
-        return self.chi_se * abs(self._factor(convention))
-
-    def _factor(self, convention: str) -> float:
-        if convention == self.convention:
-            return 1.0
-        if {convention, self.convention} != {"seed", "baker"}:
-            raise ValueError(f"unknown convention {convention!r}; use 'seed' or 'baker'")
-        return -1.0 / self.nbeta if convention == "baker" else -self.nbeta
+        return convert_chi_se(self.chi_se, self.nbeta, self.convention, convention)
 
     def save(self, directory: str | Path, shard_tokens: int = 1 << 20, extra: dict | None = None) -> Path:
         """Write the run's outputs; ``summary.json`` last, so a crash leaves no finished-looking run."""

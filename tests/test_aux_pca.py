@@ -82,7 +82,13 @@ def test_non_finite_chi_is_refused():
 def test_pcs_without_variance_are_refused():
     rows = chi_rows(components=4)[:, [0, 1, 0, 1]]  # rank 2
     with pytest.raises(ValueError, match="spans only 2 dimensions"):
-        fit(rows)
+        fit(rows, n_pcs=4)
+
+
+def test_every_pc_means_every_pc_the_rows_span():
+    """n_pcs: null asks for every PC: of rows of rank 2 in 4 columns, the 2 with variance."""
+    rows = chi_rows(components=4)[:, [0, 1, 0, 1]]
+    assert fit(rows).n_pcs == 2
 
 
 def test_pc_reliability_predicts_the_split_half_correlation_of_pc_scores():

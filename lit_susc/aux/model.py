@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import PearsonCorrCoef
 
+from ..statistics import Moments
+
 
 @dataclass
 class AuxModelConfig:
@@ -108,17 +110,12 @@ class AuxModel(L.LightningModule):
 
 
 def normalization_stats(features: np.ndarray, rows: np.ndarray, chunk: int = 1 << 14) -> tuple[Tensor, Tensor]:
-    """Mean m and standard deviation s (float64, s = 1 where 0) of ``features[rows]``, read in chunks."""
-    total = np.zeros(features.shape[1])
-    total_sq = np.zeros(features.shape[1])
+    """Mean m and standard deviation s (float64, s = 1 where 0) of ``features[rows]``, read in chunks
+    (``statistics.Moments``)."""
+    moments = Moments()
     for a in range(0, len(rows), chunk):
-        block = features[rows[a:a + chunk]].astype(np.float64)
-        total += block.sum(0)
-        total_sq += np.square(block).sum(0)
-    n = len(rows)
-    mean = total / n
-    std = np.sqrt(np.clip(total_sq - n * mean**2, 0, None) / max(n - 1, 1))
-    return torch.from_numpy(mean), torch.from_numpy(np.where(std > 0, std, 1.0))
+        moments.update(features[rows[a:a + chunk]])
+    return torch.from_numpy(moments.mean()), torch.from_numpy(moments.scale())
 
 
 class _Rows(Dataset):

@@ -8,8 +8,11 @@ s_j = the column standard deviation (``standardize``; columns of zero spread kee
     x      = (pcs V_K^T) * s + mu       (exact when K = number of components)
     whitened = pcs / sqrt(lambda_K)     (unit variance on the training split; the clustering basis)
 
-Each eigenvector's sign is fixed so that its largest-magnitude entry is positive. Saved as
-safetensors (float64): mean, scale, components [K, n_components], variances [K].
+The moments, the PCA (each eigenvector signed so that its largest-magnitude entry is positive)
+and the whitening come from lit_susc.statistics; a fit refuses K PCs when fewer than K have a
+variance above ``statistics.MIN_VARIANCE_RATIO`` times the first's (with ``n_pcs: null``, "every
+PC", it keeps those that do). Saved as safetensors
+(float64): mean, scale, components [K, n_components], variances [K].
 
 Reliability of each PC (how much of its variance is signal rather than sampling noise). The chains
 of different components are independent, so the noise of token i's PC-k score is a sum over
@@ -33,9 +36,7 @@ from torch import Tensor
 
 from ..covariance import direction_reliability
 from ..rundir import write_safetensors
-
-# A kept PC whose variance is below this fraction of the first one carries no signal to learn.
-_MIN_VARIANCE_RATIO = 1e-12
+from ..statistics import MIN_VARIANCE_RATIO, Moments, column_covariance, principal_components, rank, whiten_scores
 
 
 @dataclass
@@ -79,7 +80,7 @@ class PCABasis:
 
     def whiten(self, pcs: Tensor) -> Tensor:
         """[N, K] -> [N, K]: pcs / sqrt(lambda)."""
-        return pcs / self.variances.to(pcs).sqrt()
+        return whiten_scores(pcs, self.variances.to(pcs))
 
     def save(self, path: str | Path) -> None:
         write_safetensors(path, {"mean": self.mean, "scale": self.scale, "components": self.components,
@@ -102,37 +103,32 @@ def fit_pca(chunks: Callable[[], Iterable[Tensor]], config: TargetConfig) -> PCA
         ValueError: on non-finite values, fewer than 2 rows, more PCs asked than components, or a
             kept PC without variance (the rows span fewer dimensions than the PCs asked).
     """
-    n, total, total_sq = 0, None, None
+    moments = Moments()
     for chunk in chunks():
         chunk = chunk.double()
         if not torch.isfinite(chunk).all():
             raise ValueError("chi holds NaN or inf values; re-run or repair the susceptibility run before fitting "
                              "an aux model on it")
-        total = chunk.sum(0) if total is None else total + chunk.sum(0)
-        total_sq = chunk.square().sum(0) if total_sq is None else total_sq + chunk.square().sum(0)
-        n += chunk.shape[0]
+        moments.update(chunk)
+    n = moments.count
     if n < 2:
         raise ValueError(f"the training split holds {n} tokens; fitting a PCA needs at least 2")
-    n_components = total.shape[0]
+    n_components = moments.total.shape[0]
     n_pcs = n_components if config.n_pcs is None else config.n_pcs
     if not 1 <= n_pcs <= n_components:
         raise ValueError(f"targets.n_pcs={config.n_pcs} asked, but chi has {n_components} components; "
                          f"use 1..{n_components} (or null for all)")
-    mean = total / n
-    scale = torch.ones_like(mean)
-    if config.standardize:
-        std = ((total_sq - n * mean.square()).clamp_min(0) / (n - 1)).sqrt()
-        scale = torch.where(std > 0, std, scale)
-    cov = torch.zeros(n_components, n_components, dtype=torch.float64)
-    for chunk in chunks():
-        u = (chunk.double() - mean) / scale
-        cov += u.T @ u
-    variances, vectors = torch.linalg.eigh(cov / (n - 1))
-    variances, vectors = variances.flip(0)[:n_pcs], vectors.flip(1)[:, :n_pcs].T.contiguous()
-    if variances[-1] <= _MIN_VARIANCE_RATIO * variances[0]:
-        rank = int((variances > _MIN_VARIANCE_RATIO * variances[0]).sum())
-        raise ValueError(f"the training split's chi spans only {rank} dimensions, fewer than the {n_pcs} PCs asked; "
-                         f"set targets.n_pcs <= {rank} or use more tokens")
-    peak = vectors.abs().argmax(dim=1)
-    vectors *= vectors.gather(1, peak[:, None]).sign()
-    return PCABasis(mean=mean, scale=scale, components=vectors, variances=variances)
+    mean = moments.mean()
+    scale = moments.scale() if config.standardize else torch.ones_like(mean)
+    variances, vectors = principal_components(column_covariance(chunks(), mean, scale))
+    spanned = rank(variances)
+    if config.n_pcs is None and spanned < n_pcs:
+        # "every PC": those the rows span; the rest are rounding noise that no model can learn
+        print(f"lit-susc: chi spans {spanned} of its {n_components} dimensions (PCs with a variance above "
+              f"{MIN_VARIANCE_RATIO:g} times the first's); the aux model predicts those {spanned} PCs")
+        n_pcs = spanned
+    if spanned < n_pcs:
+        raise ValueError(f"the training split's chi spans only {spanned} dimensions (PCs with a variance above "
+                         f"{MIN_VARIANCE_RATIO:g} times the first's), fewer than the {n_pcs} PCs asked; set "
+                         f"targets.n_pcs <= {spanned} or use more tokens")
+    return PCABasis(mean=mean, scale=scale, components=vectors[:n_pcs].clone(), variances=variances[:n_pcs].clone())

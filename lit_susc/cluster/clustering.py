@@ -27,8 +27,9 @@ Memory: ~35 bytes per node per thread of push workspace, plus the graph.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,12 +37,13 @@ import torch
 from numba import njit
 from tqdm.auto import tqdm
 
+from ..statistics import MIN_VARIANCE_RATIO
 from .appr import PushWorkspace, _push, _reset, graph_arrays
 from .knn import Backend, Kernel, knn_graph
 from .sweep import _sweep_nodes
 from .whiten import whiten as _whiten
 
-__all__ = ["find_clusters", "cluster_graph"]
+__all__ = ["cluster_graph", "find_clusters"]
 
 # On the default graph planted tight groups score Phi = 0.01-0.14 and the diffuse cloud's
 # best prefixes 0.5-0.9 (tests, bench_cluster.py); 0.2 sits in the gap, on the strict side.
@@ -164,7 +166,7 @@ def cluster_graph(
                 break
             batch = np.asarray(batch, np.int64)
             mine = batch[rank::world_size]
-            parts = list(pool.map(lambda t: run(t, mine), range(n_threads))) if pool else [run(0, mine)]
+            parts = list(pool.map(run, range(n_threads), [mine] * n_threads)) if pool else [run(0, mine)]
             # undo the round-robin split so results line up with mine
             local = [None] * len(mine)
             for t, part in enumerate(parts):
@@ -187,8 +189,8 @@ def cluster_graph(
                 free = mem[labels[mem] == -1]
                 if len(free) >= min_size and len(free) >= min_free_fraction * len(mem):
                     labels[free] = len(stats)
-                    stats.append(dict(label=len(stats), size=int(len(free)), prefix_size=int(len(mem)),
-                                      conductance=phi, volume=float(vol), seed=s, round=rnd))
+                    stats.append({"label": len(stats), "size": len(free), "prefix_size": len(mem),
+                                  "conductance": phi, "volume": float(vol), "seed": s, "round": rnd})
             newly = 0  # counted per set, not by summing visited: O(N) per round is too slow at 1e7+
             for mem in [r[0] for r in results] + [batch]:
                 fresh = mem[~visited[mem]]
@@ -226,7 +228,7 @@ def find_clusters(
     max_pushes: int | None = None,
     min_free_fraction: float = 0.5,
     whiten: bool | Literal["whiten", "standardize"] = True,
-    min_variance_ratio: float = 1e-6,
+    min_variance_ratio: float = MIN_VARIANCE_RATIO,
     backend: Backend = "auto",
     kernel: Kernel = "gaussian_local",
     local_scale_neighbor: int = 7,

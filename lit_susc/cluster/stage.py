@@ -1,8 +1,11 @@
 """The ``cluster`` stage: a susceptibility run directory in, cluster labels per token out.
 
-    python run.py cluster --config configs/cluster.yaml
-    python run.py cluster --input_dir runs/quickstart --min_size 10
-    python run.py cluster --config configs/cluster.yaml --devices 4     (4 processes, DDP)
+    python run.py cluster --config runs/quickstart/pipeline/cluster.yaml
+    python run.py cluster --input_dir runs/quickstart/sample --min_size 10
+    python run.py cluster --config runs/quickstart/pipeline/cluster.yaml --devices 4     (4 processes, DDP)
+
+(``runs/quickstart/pipeline/cluster.yaml``: configs/quickstart.yaml's ``cluster`` section with the
+directories filled in, as the pipeline writes it.)
 
 Reads chi (ground truth or aux-predicted; components x tokens) and the token table, clusters the
 token vectors (whiten -> k-NN graph -> ACL push -> sweep cuts) and writes, under
@@ -42,6 +45,7 @@ from ..aux.pca import PCABasis
 from ..covariance import direction_reliability
 from ..result import read_chi, read_chi_se, read_metadata
 from ..rundir import atomic_path, claim, mark_finished, read_token_table, write_json, write_parquet, write_safetensors
+from ..statistics import MIN_VARIANCE_RATIO
 from .clustering import DEFAULT_CONDUCTANCE_THRESHOLD, DEFAULT_MAX_PUSHES, DEFAULT_SEEDS_PER_ROUND, cluster_graph
 from .knn import graph_from_knn, knn, knn_graph, row_blocks
 from .whiten import WhitenInfo, whiten
@@ -58,8 +62,9 @@ class ClusterConfig:
     preprocessing: Literal["whiten", "standardize", "none"] = "whiten"
     """'whiten': PCA, every kept PC at unit variance (the spec); 'standardize': columns at unit
     variance and rows centred (earlier practice); 'none': raw chi."""
-    min_variance_ratio: float = 1e-6
-    """PCs with variance below this fraction of the largest are dropped before whitening."""
+    min_variance_ratio: float = MIN_VARIANCE_RATIO
+    """PCs with variance at most this fraction of the largest are dropped before whitening
+    (default: lit_susc.statistics.MIN_VARIANCE_RATIO, 1e-6)."""
     min_pc_reliability: float = 0.0
     """Whitened PCs whose reliability (the share of their variance that is signal; cluster.whiten)
     is below this are dropped, so that noise PCs do not weigh as much as signal PCs. Needs chi's
@@ -279,7 +284,7 @@ def _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, w
     write_json(out / CONFIG_FILE, asdict(config))
     clustered = int((labels >= 0).sum())
     mark_finished(out, {
-        "tokens": int(len(labels)), "clusters": len(stats), "clustered_tokens": clustered,
+        "tokens": len(labels), "clusters": len(stats), "clustered_tokens": clustered,
         "source": meta.get("source", "sampling"), "ranks": world,
         **{k: round(v, 3) for k, v in timings.items()},
     })

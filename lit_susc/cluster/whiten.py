@@ -4,7 +4,10 @@ Distances on raw susceptibilities are dominated by the first few PCs; whitening 
 principal direction to unit variance so each counts equally:
 
     mu = mean_i x_i,  C = (X - mu)^T (X - mu) / (N - 1) = V diag(lambda) V^T,
-    Z = (X - mu) V_m diag(lambda_m)^-1/2,   m = {j : lambda_j >= min_variance_ratio * lambda_max}.
+    Z = (X - mu) V_m diag(lambda_m)^-1/2,   m = {j : lambda_j > min_variance_ratio * lambda_max},
+
+with the moments, the PCA (its sign convention) and the default ratio of lit_susc.statistics
+(``MIN_VARIANCE_RATIO``: the PCs at or below it are dropped).
 
 mode="standardize" is the older practice: Z_ij = (x_ij - mu_j) / sigma_j, then each row minus
 its own mean (no rotation; zero-variance columns are left at 0).
@@ -28,7 +31,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["whiten", "WhitenInfo"]
+from ..statistics import MIN_VARIANCE_RATIO, Moments, column_covariance, principal_components, rank, whiten_scores
+
+__all__ = ["WhitenInfo", "whiten"]
 
 
 @dataclass
@@ -48,7 +53,7 @@ class WhitenInfo:
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64) - self.mean
         if self.mode == "whiten":
-            return (X @ self.components.T) / np.sqrt(self.variances)
+            return whiten_scores(X @ self.components.T, self.variances)
         Z = X / self.scale
         return Z - Z.mean(axis=1, keepdims=True)
 
@@ -67,7 +72,7 @@ def _as_numpy(X) -> np.ndarray:
 def whiten(
     X: np.ndarray | torch.Tensor,
     *,
-    min_variance_ratio: float = 1e-6,
+    min_variance_ratio: float = MIN_VARIANCE_RATIO,
     mode: Literal["whiten", "standardize"] = "whiten",
     chunk_size: int = 1 << 16,
 ) -> tuple[np.ndarray, WhitenInfo]:
@@ -84,29 +89,25 @@ def whiten(
         raise ValueError("X contains NaN or inf values; drop or impute those rows before whitening")
     out_dtype = np.float32 if X.dtype == np.float32 else np.float64
     n, d = X.shape
-    mean = np.zeros(d)
-    for a in range(0, n, chunk_size):
-        mean += X[a : a + chunk_size].sum(axis=0, dtype=np.float64)
-    mean /= n
-    cov = np.zeros((d, d))
-    for a in range(0, n, chunk_size):
-        B = X[a : a + chunk_size].astype(np.float64) - mean
-        cov += B.T @ B
-    cov /= n - 1
+    chunks = [X[a : a + chunk_size] for a in range(0, n, chunk_size)]  # views
+    moments = Moments()
+    for chunk in chunks:
+        moments.update(chunk)
+    mean = moments.mean()
+    cov = column_covariance(chunks, mean)
     if mode == "standardize":
         scale = np.sqrt(np.diag(cov)).copy()
         scale[scale == 0] = np.inf  # constant columns map to 0 rather than NaN
         info = WhitenInfo(mode, mean, None, None, scale)
     else:
-        lam, V = np.linalg.eigh(cov)
-        lam, V = lam[::-1], V[:, ::-1]
-        if not lam[0] > 0:
+        lam, components = principal_components(cov)
+        kept = rank(lam, min_variance_ratio)
+        if kept == 0:
             raise ValueError("X has zero variance; nothing to whiten")
-        keep = lam >= min_variance_ratio * lam[0]
-        info = WhitenInfo(mode, mean, np.ascontiguousarray(V[:, keep].T), lam[keep].copy())
+        info = WhitenInfo(mode, mean, components[:kept], lam[:kept].copy())
     width = info.components.shape[0] if mode == "whiten" else d
     Z = np.empty((n, width), out_dtype)
-    for a in range(0, n, chunk_size):
-        Z[a : a + chunk_size] = info.transform(X[a : a + chunk_size])
+    for a, chunk in zip(range(0, n, chunk_size), chunks):
+        Z[a : a + chunk_size] = info.transform(chunk)
     return Z, info
 
