@@ -40,6 +40,11 @@ from .rundir import FINISHED_MARKER, is_finished, json_digest, read_summary, wri
 from .tinylm import SUMMARY_FILE
 
 STAGES = ("model", "sample", "aux_fit", "aux_predict", "cluster", "analyse", "report")
+RESULT_FREE_TRAINER_KEYS = frozenset({"enable_progress_bar", "enable_model_summary", "log_every_n_steps"})
+"""Trainer settings that change how a stage reports, never what it computes."""
+RANK_INVARIANT = frozenset({"sample", "aux_predict"})
+"""Stages whose outputs are the same on any number of processes (tested: DDP on 2 ranks equals 1)."""
+PROCESS_KEYS = frozenset({"devices", "num_nodes", "strategy"})
 MARKERS = {**dict.fromkeys(STAGES, FINISHED_MARKER), "model": SUMMARY_FILE, "analyse": LEAK_JSON, "report": INDEX}
 """The file each stage writes last into its directory: its finished marker (lit_susc.rundir)."""
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
@@ -189,8 +194,13 @@ class Pipeline:
         """What makes a stage's result what it is: its config and the fingerprints of the stages before it."""
         i = self.stages.index(stage)
         upstream = self.fingerprint(self.stages[i - 1]) if i > 0 else ""
-        # Where the steps are logged does not change the result.
-        return json_digest([stage, self.stage_config(stage, logger=False), upstream])
+        # Where the steps are logged does not change the result; nor, where the stage's outputs are
+        # the same on any number of ranks, how many processes compute them.
+        config = self.stage_config(stage, logger=False)
+        trainer = {k: v for k, v in (config.get("trainer") or {}).items()
+                   if k not in RESULT_FREE_TRAINER_KEYS and not (stage in RANK_INVARIANT and k in PROCESS_KEYS)}
+        config = {**config, "trainer": trainer} if "trainer" in config else config
+        return json_digest([stage, config, upstream])
 
     # -- state -------------------------------------------------------------------------------
 

@@ -5,9 +5,10 @@ import os
 
 import pytest
 import torch
+from tiny_runs import sample_config, short_documents, write_yaml
+
 import run
 from lit_susc.pipeline import STAGES, Pipeline, PipelineConfig
-from tiny_runs import sample_config, short_documents, write_yaml
 
 CONTEXT = 16
 
@@ -123,3 +124,21 @@ def test_a_bad_thread_count_is_an_error(tmp_path, capsys, threads):
         run.main(["pipeline", "--config", str(path)])
     assert exit_info.value.code == 2
     assert "threads" in capsys.readouterr().err
+
+
+def test_process_count_and_progress_bars_do_not_invalidate_a_rank_invariant_stage(tmp_path):
+    """Oracle: sample and aux_predict give the same outputs on any number of ranks (the DDP tests),
+    so their fingerprints ignore devices/strategy and progress bars, and a finished or half-done
+    sample is resumed, not recomputed, when a run moves to 2 processes; aux_fit's data-parallel
+    training does depend on the process count, so its fingerprint does not ignore it."""
+    def fingerprints(sample_trainer: str, aux_trainer: str) -> dict[str, str]:
+        path = tmp_path / "p.yaml"
+        path.write_text(f"output_dir: x\nsample:\n  trainer: {sample_trainer}\n  model: {{pretrained: m}}\n"
+                        f"aux_fit:\n  trainer: {aux_trainer}\n")
+        pipeline = Pipeline(PipelineConfig.from_yaml(path))
+        return {stage: pipeline.fingerprint(stage) for stage in ("sample", "aux_fit")}
+
+    one = fingerprints("{devices: 1}", "{devices: 1}")
+    assert fingerprints("{devices: 2, strategy: ddp, enable_progress_bar: false}", "{devices: 1}") == one
+    assert fingerprints("{devices: 1, accelerator: cpu}", "{devices: 1}")["sample"] != one["sample"]
+    assert fingerprints("{devices: 1}", "{devices: 2}")["aux_fit"] != one["aux_fit"]
