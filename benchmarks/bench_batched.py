@@ -35,7 +35,7 @@ def main() -> None:
                            num_attention_heads=4, intermediate_size=4 * args.hidden,
                            max_position_embeddings=args.context)
     model = GPTNeoXForCausalLM(config).eval()
-    ids = lambda: torch.randint(0, 2048, (8, args.context))  # noqa: E731
+    ids = lambda: torch.randint(0, 2048, (8, args.context))
     sampling, observation = [ids() for _ in range(4)], [ids() for _ in range(2)]
     results = {}
     for batch_chains in (1, args.chains):

@@ -17,13 +17,11 @@ import threading
 import time
 
 import numpy as np
+from bench_cluster import planted
 
-import lit_susc.cluster.clustering as clustering
-from lit_susc.cluster import cluster_graph, knn, whiten
+from lit_susc.cluster import cluster_graph, clustering, knn, whiten
 from lit_susc.cluster.clustering import DEFAULT_MAX_PUSHES
 from lit_susc.cluster.knn import graph_from_knn
-
-from bench_cluster import planted
 
 
 def main() -> None:
@@ -58,7 +56,7 @@ def main() -> None:
         t2 = time.perf_counter()
         A = graph_from_knn(idx, dist)
         t3 = time.perf_counter()
-        labels, stats = cluster_graph(A, args.alpha, args.eps, n_threads=args.threads, progress=False)
+        _labels, stats = cluster_graph(A, args.alpha, args.eps, n_threads=args.threads, progress=False)
         t4 = time.perf_counter()
         sec = np.array([s for s, _ in log])
         pushes = np.array([p for _, p in log])

@@ -236,12 +236,13 @@ def main() -> None:
     if version("devinterp") != "2.0.1":
         raise SystemExit(f"bench_devinterp: devinterp {version('devinterp')} found, this benchmark reads 2.0.1")
 
+    import lightning as L
+
     from lit_susc import SGLDConfig, estimate_susceptibilities
-    from lit_susc.config import ComputeConfig
     from lit_susc.components import resolve_components
+    from lit_susc.config import ComputeConfig
     from lit_susc.lm import TextSource, per_token_loss, text_contexts
     from lit_susc.tinylm import TinyLMConfig, load_causal_lm, train_tiny_lm
-    import lightning as L
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
@@ -425,7 +426,7 @@ def main() -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             now = self._clock.read()
             # One step of a group of chains (compute.batch_chains of one component); older sampler: one chain.
-            chains = [c for c in (outputs["chains"] if "chains" in outputs else [outputs]) if c["unit"] is not None]
+            chains = [c for c in (outputs.get("chains", [outputs])) if c["unit"] is not None]
             for c in chains:
                 wall, cpu = self.times.get(c["unit"].component, (0.0, 0.0))
                 self.times[c["unit"].component] = (wall + (now[0] - self._last[0]) / len(chains),
@@ -601,7 +602,7 @@ def main() -> None:
           + (f"; self-agreement lit-susc {med['self_lit']:.3f}, devinterp {med['self_dev']:.3f} "
              f"(raw {med['self_raw']:.3f}); r(avg of 2 seeds) {med['r_avg']:.3f}; r/ceiling {med['r_norm']:.2f}"
              if Bs is not None else ""))
-    print(f"devinterp's phi = L(w_s) - init_loss, init_loss = "
+    print("devinterp's phi = L(w_s) - init_loss, init_loss = "
           + ", ".join(f"{dev[s]['init_loss']:.4f} (run {s})" for s in seeds)
           + f", against L_ref(w*) = {ref_loss_star:.4f} on the reference batch")
 

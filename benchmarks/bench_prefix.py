@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
 from timing import timed
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from lit_susc.components import discover_components
 from lit_susc.config import SGLDConfig
 from lit_susc.lm import per_token_loss
 from lit_susc.prefix import PrefixCache
-
 
 
 def main() -> None:
@@ -48,7 +45,7 @@ def main() -> None:
                            num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
                            max_position_embeddings=args.context)
     model = GPTNeoXForCausalLM(config).to(device).eval()
-    ids = lambda n: torch.randint(0, args.vocab, (n, args.context), device=device)  # noqa: E731
+    ids = lambda n: torch.randint(0, args.vocab, (n, args.context), device=device)
     observation = [ids(args.batch) for _ in range(args.observation_contexts // args.batch)]
     minibatch = ids(args.batch)
     params = dict(model.named_parameters())
@@ -82,13 +79,13 @@ def main() -> None:
         with torch.no_grad():
             obs_views = [cache.view("observation", i, b) for i, b in enumerate(observation)]
             batch = cache.view("sampling", 0, minibatch)
-            cached_obs = timed(lambda: [per_token_loss(model, v) for v in obs_views], device, args.repeats)
+            cached_obs = timed(lambda views=obs_views: [per_token_loss(model, v) for v in views], device, args.repeats)
 
-        def part_step():
+        def part_step(batch=batch):
             model.zero_grad(set_to_none=True)
             per_token_loss(model, batch).mean().backward()
 
-        def sgld_step():
+        def sgld_step(batch=batch):
             optimizer.zero_grad(set_to_none=True)
             per_token_loss(model, batch).mean().backward()
             optimizer.step()

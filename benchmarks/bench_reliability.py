@@ -90,8 +90,8 @@ def report() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(ROOT.glob("sbd-*/seed-*/*/bench.json"))]
     if not rows:
         return "no finished runs under " + str(ROOT)
-    lines = ["| steps_between_draws | component | CPU s (4 x 200 draws) | reliability | chosen (burn-in, thinning) | "
-             "CPU s to split-half 0.9 |", "|---|---|---|---|---|---|"]
+    lines = [("| steps_between_draws | component | CPU s (4 x 200 draws) | reliability | chosen (burn-in, thinning) | "
+             "CPU s to split-half 0.9 |"), "|---|---|---|---|---|---|"]
     medians = {}
     for setting in SETTINGS:
         mine = [r for r in rows if r["setting"] == setting and r["seed"] == 0 and "cpu_seconds" in r]

@@ -19,9 +19,8 @@ import time
 
 import lightning as L
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
 from timing import timed
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from lit_susc.components import discover_components, select_components
 from lit_susc.config import ComputeConfig, SGLDConfig

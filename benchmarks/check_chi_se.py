@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from linear_gaussian import exact_chi, loss_fn, model_at, two_blocks  # noqa: E402
+from linear_gaussian import exact_chi, loss_fn, model_at, two_blocks
 
-from lit_susc import SGLDConfig, estimate_susceptibilities  # noqa: E402
+from lit_susc import SGLDConfig, estimate_susceptibilities
 
 N, D, NBETA, GAMMA = 256, 16, 1000.0, 100.0
 BLOCKS = {"a": list(range(8)), "b": list(range(8, 16))}

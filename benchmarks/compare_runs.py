@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def json_differences(a, b, where: str = "") -> list[str]:
         return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in json_differences(x, y, f"{where}[{i}]")]
-    return [] if a == b or (a != a and b != b) else [f"{where}: {str(a)[:60]} != {str(b)[:60]}"]
+    both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return [] if a == b or both_nan else [f"{where}: {str(a)[:60]} != {str(b)[:60]}"]
 
 
 def array_difference(a: np.ndarray, b: np.ndarray) -> str | None:

@@ -6,8 +6,8 @@
 - :class:`DiagnosticsCallback`: loss traces, divergence detection.
 """
 
-from .influence import BIFCallback
 from .diagnostics import ChainDivergedError, DiagnosticsCallback
+from .influence import BIFCallback
 from .llc import LLCCallback
 from .susceptibility import SusceptibilityCallback
 

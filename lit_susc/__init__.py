@@ -10,8 +10,19 @@ from .langevin import SGLD, RMSPropSGLD
 from .result import SusceptibilityResult, read_chi, read_chi_se
 
 __all__ = [
-    "BIFResult", "ComputeConfig", "RMSPropSGLD", "SGLD", "SGLDConfig", "SusceptibilityResult", "calibrate",
-    "discover_components", "estimate_bif", "estimate_susceptibilities", "read_chi", "read_chi_se", "resolve_components",
+    "SGLD",
+    "BIFResult",
+    "ComputeConfig",
+    "RMSPropSGLD",
+    "SGLDConfig",
+    "SusceptibilityResult",
+    "calibrate",
+    "discover_components",
+    "estimate_bif",
+    "estimate_susceptibilities",
+    "read_chi",
+    "read_chi_se",
+    "resolve_components",
     "select_components",
 ]
 

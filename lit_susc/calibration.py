@@ -69,12 +69,12 @@ from torch import nn
 from callbacks import ChainDivergedError
 
 from .api import estimate_susceptibilities
+from .chains import LossFn
 from .components import resolve_components
 from .config import ComputeConfig, SGLDConfig
 from .diagnostics import bulk_ess
 from .figures import Figure, save_png
 from .rundir import mark_finished, write_parquet, write_text
-from .chains import LossFn
 
 MIN_DRAWS = 8
 """Draws per chain a calibration needs: the stationarity test compares halves of >= 4 draws."""
@@ -208,7 +208,7 @@ class Calibration:
         else:
             write_text(best_file, f"# run.py calibrate: {self.reason}\n"
                        + yaml.safe_dump({"sgld": self.best.to_dict()}, sort_keys=False))
-        setting = lambda s: s and {k: getattr(s, k) for k in ("lr", "nbeta", "localization")}  # noqa: E731
+        setting = lambda s: s and {k: getattr(s, k) for k in ("lr", "nbeta", "localization")}
         mark_finished(directory, {
             "best": None if self.best is None else self.best.to_dict(), "reason": self.reason,
             "per_component": {name: setting(s) for name, s in self.per_component.items()},
@@ -395,8 +395,8 @@ def _judge(rows: list[dict], sgld: SGLDConfig, rule: CalibrationRule, multiple_l
         r["qualifies"] = not r["failed"]
     table = pa.Table.from_pylist(rows, schema=TABLE_SCHEMA)
 
-    config = lambda s: replace(sgld, lr=s.lr, nbeta=s.nbeta, localization=s.localization)  # noqa: E731
-    setting_of = lambda r: Setting(r["lr"], r["nbeta"], r["localization"])  # noqa: E731
+    config = lambda s: replace(sgld, lr=s.lr, nbeta=s.nbeta, localization=s.localization)
+    setting_of = lambda r: Setting(r["lr"], r["nbeta"], r["localization"])
     components = list(dict.fromkeys(r["component"] for r in rows))
     per_component = {}
     for name in components:

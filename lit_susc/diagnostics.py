@@ -71,9 +71,10 @@ def diagnostics_table(traces: pa.Table, components: list[str], ref_loss_star: fl
     for name in components:
         mine = draws.filter(pc.equal(draws["component"], name)).sort_by([("chain", "ascending"), ("step", "ascending")])
         n_chains = len(set(mine["chain"].to_pylist()))
-        grid = lambda column: np.asarray(mine[column].to_numpy(), dtype=np.float64).reshape(n_chains, -1)  # noqa: E731
-        norms = {k: grid(k) for k in STEP_NORMS if k in mine.column_names}
-        rows.append({"component": name, **chain_diagnostics(grid("ref_loss") - ref_loss_star, norms)})
+        grids = {k: np.asarray(mine[k].to_numpy(), dtype=np.float64).reshape(n_chains, -1)
+                 for k in ("ref_loss", *STEP_NORMS) if k in mine.column_names}
+        norms = {k: grids[k] for k in STEP_NORMS if k in grids}
+        rows.append({"component": name, **chain_diagnostics(grids["ref_loss"] - ref_loss_star, norms)})
     return pa.Table.from_pylist(rows)
 
 

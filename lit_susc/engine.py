@@ -65,7 +65,7 @@ def make_trainer(trainer: dict | None, run_dir: Path, required: list[L.Callback]
                  rounds: int = 1) -> L.Trainer:
     """A Trainer for sampling: one epoch over the schedule per round (``SGLDConfig.rounds``), no
     checkpoints, our strategy for DDP."""
-    kwargs = dict(accelerator="auto", devices=1, logger=False, enable_model_summary=False)
+    kwargs = {"accelerator": "auto", "devices": 1, "logger": False, "enable_model_summary": False}
     kwargs.update(trainer or {})
     kwargs.update(
         max_epochs=rounds, reload_dataloaders_every_n_epochs=1, enable_checkpointing=False, use_distributed_sampler=False,

@@ -67,10 +67,10 @@ class SGLD(Optimizer):
             raise ValueError("localization, noise_level and weight_decay must be >= 0")
         if bounding_box is not None and bounding_box <= 0:
             raise ValueError(f"bounding_box must be positive or None, got {bounding_box}")
-        defaults = dict(
-            lr=lr, nbeta=nbeta, localization=localization, noise_level=noise_level,
-            weight_decay=weight_decay, bounding_box=bounding_box,
-        )
+        defaults = {
+            "lr": lr, "nbeta": nbeta, "localization": localization, "noise_level": noise_level,
+            "weight_decay": weight_decay, "bounding_box": bounding_box,
+        }
         super().__init__(params, defaults)
         self.set_anchor()
 

@@ -213,7 +213,7 @@ def sample_table(contexts: ContextSet, tokenizer) -> pa.Table:
 def token_text_table(contexts: ContextSet, tokenizer, left: int = 24, right: int = 6) -> pa.Table:
     """``token_table`` plus ``text``: each predicted token in its context, marked as [[token]]."""
     table = token_table(contexts, tokenizer)
-    decode = lambda ids: tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # noqa: E731
+    decode = lambda ids: tokenizer.decode(ids, clean_up_tokenization_spaces=False)
     texts = []
     for ids in contexts.input_ids.tolist():
         for t in range(1, len(ids)):
@@ -255,7 +255,7 @@ class LMInfluence(SusceptibilitySampler):
         self.train_table, self.query_table = describe(train, tokenizer), describe(query, tokenizer)
         self.n_train = self.train_table.num_rows
         self.data_config, self.top_k = data, top_k
-        batches = lambda ids: _batches(ids, data.observation_batch_size)  # noqa: E731
+        batches = lambda ids: _batches(ids, data.observation_batch_size)
         super().__init__(
             model=model, loss_fn=per_sample_loss if data.granularity == "sample" else per_token_loss,
             components=resolve_components(model, None if components is None else list(components)),

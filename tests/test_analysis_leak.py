@@ -8,13 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_runs import run_sample, short_documents
+from tiny_runs import write_yaml as write
 
 from lit_susc.analysis import LeakConfig, knn_jaccard, linear_cka, plot_leak, run_leak_check
 from lit_susc.aux import AuxBundle, SplitConfig, document_split
 from lit_susc.aux.cli import main as aux_main
 from lit_susc.aux.fit import observation_contexts
-from tiny_runs import run_sample, short_documents
-from tiny_runs import write_yaml as write
 from lit_susc.tinylm import load_causal_lm
 
 CONTEXT, OBSERVED, K = 16, 16, 5

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from tiny_runs import run_sample, short_documents
+from tiny_runs import write_yaml as write
 
 from lit_susc import read_chi
 from lit_susc.aux import AuxBundle, PCABasis, read_pcs, read_tokens
 from lit_susc.aux.cli import main as aux_main
-from tiny_runs import run_sample, short_documents
-from tiny_runs import write_yaml as write
 
 CONTEXT, OBSERVED = 16, 8
 PREDICT = {"batch_size": 2, "shard_contexts": 3, "max_contexts": 10}

@@ -5,8 +5,14 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from lit_susc.aux.features import (ResidualFeatures, check_alignment, check_same_model, config_hash, feature_layers,
-                                   model_identity)
+from lit_susc.aux.features import (
+    ResidualFeatures,
+    check_alignment,
+    check_same_model,
+    config_hash,
+    feature_layers,
+    model_identity,
+)
 
 
 def neox(layers=4):

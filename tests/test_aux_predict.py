@@ -17,7 +17,7 @@ def tokenizer(tiny_lm_dir):
 
 def test_stream_shards_are_make_contexts_cut_into_consecutive_pieces(tokenizer):
     """Oracle: corpus.make_contexts, which cut the ground-truth run's contexts."""
-    docs = lambda: iter_texts("stdlib", max_documents=5)  # noqa: E731
+    docs = lambda: iter_texts("stdlib", max_documents=5)
     shards = list(iter_context_shards(tokenizer, docs(), CONTEXT, shard_contexts=7, max_contexts=40))
     ref = make_contexts(tokenizer, docs(), CONTEXT, max_contexts=40)
     assert [len(s.input_ids) for s in shards] == [7] * 5 + [5]
@@ -30,7 +30,7 @@ def test_stream_shards_are_make_contexts_cut_into_consecutive_pieces(tokenizer):
 
 def test_contexts_per_document_cuts_the_stream_like_make_contexts(tokenizer):
     """Oracle: corpus.make_contexts with the same limit; every document gives at most 2 contexts."""
-    docs = lambda: iter_texts("stdlib", max_documents=8)  # noqa: E731
+    docs = lambda: iter_texts("stdlib", max_documents=8)
     shards = list(iter_context_shards(tokenizer, docs(), CONTEXT, shard_contexts=5, max_contexts=12, per_document=2))
     ref = make_contexts(tokenizer, docs(), CONTEXT, max_contexts=12, contexts_per_document=2)
     assert torch.equal(torch.cat([s.input_ids for s in shards]), ref.input_ids)

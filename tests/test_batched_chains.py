@@ -55,7 +55,7 @@ def test_minibatches_of_different_shapes_cannot_be_stacked():
 
 def test_batched_chains_of_a_language_model_with_prefix_caching(tiny_lm_dir):
     model, _ = load_causal_lm(str(tiny_lm_dir))
-    ids = lambda seed: torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    ids = lambda seed: torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(seed))
 
     def chi(batch_chains):
         return estimate_susceptibilities(

@@ -13,8 +13,8 @@ so BIF(z_i, q) = -Cov(l_i, l_q) exactly.
 import numpy as np
 import pytest
 import torch
-
 from linear_gaussian import loss_fn, model_at, problem
+
 from lit_susc import BIFResult, SGLDConfig, estimate_bif
 from lit_susc.covariance import CrossCovarianceSums, bayesian_influence
 

@@ -12,15 +12,15 @@ import math
 
 import pyarrow.parquet as pq
 import pytest
+import reduced_rank
 import torch
 import yaml
+from reduced_rank import N
+from tiny_runs import short_documents, write_yaml
 
 import run
 from lit_susc import SGLDConfig, calibrate
 from lit_susc.calibration import TABLE_SCHEMA
-import reduced_rank
-from reduced_rank import N
-from tiny_runs import short_documents, write_yaml
 
 NBETA = N / math.log(N)
 DIVERGING_LR = 3e-2
@@ -38,7 +38,7 @@ CPU = {"accelerator": "cpu", "enable_model_summary": False}
 def test_reduced_rank_regression_recommends_an_llc_within_20_percent_of_6_and_marks_divergence(one_thread, tmp_path):
     model, loss_fn, batches, X, Y = rrr()
     sgld = SGLDConfig(chains=4, draws=200, burn_in=100, steps_between_draws=2, seed=0)
-    grid = dict(lr=[3e-4, 1e-3, 3e-3, 1e-2, DIVERGING_LR], nbeta=[NBETA], localization=[1.0])
+    grid = {"lr": [3e-4, 1e-3, 3e-3, 1e-2, DIVERGING_LR], "nbeta": [NBETA], "localization": [1.0]}
     cal = calibrate(model, loss_fn, batches, **grid, sgld=sgld, reference_data=(X, Y), trainer=CPU, run_dir=tmp_path)
 
     rows = {r["lr"]: r for r in cal.table.to_pylist()}

@@ -6,8 +6,14 @@ import math
 import pytest
 import torch
 
-from lit_susc.covariance import (BatchMoments, CovarianceSums, default_block, reliability, susceptibility,
-                                 susceptibility_se)
+from lit_susc.covariance import (
+    BatchMoments,
+    CovarianceSums,
+    default_block,
+    reliability,
+    susceptibility,
+    susceptibility_se,
+)
 
 
 def _fold(phis, ds, block):
@@ -79,8 +85,8 @@ def test_iid_draws_give_the_sampling_variance_of_a_covariance():
 
 def _replicates(n: int, block: int) -> CovarianceSums:
     """Sums of n independent replicates at once: phi and d both [n] (every formula is elementwise)."""
-    z = lambda *shape: torch.zeros(shape, dtype=torch.float64)  # noqa: E731
-    moments = lambda b: BatchMoments(z(), z(3, n), z(7, n), block=b)  # noqa: E731
+    z = lambda *shape: torch.zeros(shape, dtype=torch.float64)
+    moments = lambda b: BatchMoments(z(), z(3, n), z(7, n), block=b)
     return CovarianceSums(z(), z(n), z(n), z(n), z(n), moments(block), moments(max(1, block // 2)))
 
 

@@ -15,8 +15,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from linear_gaussian import exact_chi, loss_fn, model_at, two_blocks
+
 from lit_susc import SGLDConfig, estimate_susceptibilities
 
 N, D, NBETA, GAMMA, SEEDS = 256, 16, 1000.0, 100.0, 4

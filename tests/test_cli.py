@@ -167,7 +167,7 @@ def test_changed_weights_under_the_same_path_are_another_run(tiny_lm_dir, tmp_pa
     shutil.copytree(tiny_lm_dir, model_dir)
     config = write_config(tmp_path / "c.yaml", model_dir, tmp_path / "out", components=["embed"])
     sample(config)
-    model, tokenizer = load_causal_lm(str(model_dir))
+    model, _tokenizer = load_causal_lm(str(model_dir))
     with torch.no_grad():
         model.gpt_neox.embed_in.weight.add_(0.01)
     model.save_pretrained(model_dir)

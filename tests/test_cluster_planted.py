@@ -46,7 +46,7 @@ def test_planted_groups_recovered_spec_defaults(planted):
 
 def test_reproducible_from_seed_and_independent_of_threads(planted):
     _, _, A = planted
-    kw = dict(alpha=1e-2, eps=1e-4, seed=3, seeds_per_round=8, progress=False)
+    kw = {"alpha": 1e-2, "eps": 1e-4, "seed": 3, "seeds_per_round": 8, "progress": False}
     l1, s1 = cluster_graph(A, n_threads=1, **kw)
     l2, s2 = cluster_graph(A, n_threads=2, **kw)
     np.testing.assert_array_equal(l1, l2)

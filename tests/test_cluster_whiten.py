@@ -23,7 +23,7 @@ def test_whitened_covariance_is_identity_and_null_direction_dropped():
 
 
 def test_min_variance_ratio_drops_small_pcs():
-    Z, info = whiten(_data(), min_variance_ratio=0.01)  # relative variances 1, .13, .02, .005, ...
+    Z, _info = whiten(_data(), min_variance_ratio=0.01)  # relative variances 1, .13, .02, .005, ...
     assert Z.shape[1] == 3
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from linear_gaussian import loss_fn, model_at, problem
+
 from lit_susc import SGLDConfig, SusceptibilityResult, estimate_susceptibilities
 from lit_susc.diagnostics import bulk_ess, chain_diagnostics, split_rhat, warn_unconverged
 

@@ -7,8 +7,9 @@ nbeta * (E[L_n(w)] - L_n(w*)) approaches the learning coefficient (Aoyagi): (8, 
 
 import math
 
-from lit_susc import SGLDConfig, estimate_susceptibilities
 from reduced_rank import N, loss_fn, rrr
+
+from lit_susc import SGLDConfig, estimate_susceptibilities
 
 
 def test_reduced_rank_regression_llc_within_20_percent(one_thread, tmp_path):

@@ -11,9 +11,9 @@ S_C = (nbeta H_CC + localization I)^-1, H = X^T X / n, so
 import numpy as np
 import pytest
 import torch
-
 from linear_gaussian import exact_chi as exact_chi_of
 from linear_gaussian import loss_fn, model_at, problem
+
 from lit_susc import SGLDConfig, SusceptibilityResult, estimate_susceptibilities, read_chi_se
 
 N, D = 64, 6

@@ -6,8 +6,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lit_susc.report.plots import (component_grid, component_map_svg, plot_cluster_sizes, plot_component_map,
-                                   plot_llc_heatmap, plot_pca_variance, plot_pearson, plot_profile, plot_traces)
+from lit_susc.report.plots import (
+    component_grid,
+    component_map_svg,
+    plot_cluster_sizes,
+    plot_component_map,
+    plot_llc_heatmap,
+    plot_pca_variance,
+    plot_pearson,
+    plot_profile,
+    plot_traces,
+)
 
 COMPONENTS = [f"layers.{l}.heads.{h}" for l in range(2) for h in range(3)] + [
     "layers.1.mlp", "layers.0.mlp", "unembed", "embed"]

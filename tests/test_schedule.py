@@ -5,8 +5,8 @@ that continue each chain exactly where it stopped."""
 import numpy as np
 import pytest
 import torch
-
 from linear_gaussian import exact_chi, loss_fn, model_at, two_blocks
+
 from lit_susc import SGLDConfig, estimate_susceptibilities
 from lit_susc.schedule import ChainPlan, choose_thinning, mser_burn_in
 
@@ -78,7 +78,7 @@ def test_auto_schedule_passes_the_gaussian_oracle():
 def test_rounds_continue_each_chain_exactly_where_it_stopped(tmp_path):
     """Three rounds of 30 draws (an unreachable target) equal one run of 90: same chain, noise and
     minibatch order, so chi, chi_se (blocks of 10 fit the rounds) and the LLC agree to rounding."""
-    common = dict(burn_in=40, steps_between_draws=3, se_block=10)
+    common = {"burn_in": 40, "steps_between_draws": 3, "se_block": 10}
     rounds = _run(tmp_path / "rounds", draws=30, target_reliability=0.999, max_draws=90, **common)
     whole = _run(tmp_path / "whole", draws=90, **common)
     torch.testing.assert_close(rounds.chi, whole.chi, rtol=1e-10, atol=0)

@@ -32,8 +32,7 @@ from ..result import read_chi, read_chi_se, read_metadata
 from ..rundir import claim, file_digest, write_json, write_memmap, write_safetensors
 from ..tinylm import load_causal_lm
 from .bundle import META_FILE, AuxBundle
-from .features import (ResidualFeatures, check_alignment, check_same_model, config_hash, feature_layers,
-                       model_identity)
+from .features import ResidualFeatures, check_alignment, check_same_model, config_hash, feature_layers, model_identity
 from .model import AuxDataModule, AuxModel, AuxModelConfig, normalization_stats
 from .pca import PCABasis, TargetConfig, fit_pca, pc_reliability
 from .plot import plot_pearson

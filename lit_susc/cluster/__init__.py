@@ -6,5 +6,13 @@ from .knn import graph_from_knn, knn, knn_graph
 from .sweep import sweep_cut
 from .whiten import whiten
 
-__all__ = ["whiten", "knn", "knn_graph", "graph_from_knn", "approximate_pagerank", "sweep_cut", "find_clusters",
-           "cluster_graph"]
+__all__ = [
+           "approximate_pagerank",
+           "cluster_graph",
+           "find_clusters",
+           "graph_from_knn",
+           "knn",
+           "knn_graph",
+           "sweep_cut",
+           "whiten",
+]

@@ -27,13 +27,13 @@ Isolated nodes (d(u) = 0) keep all mass that reaches them: the lazy walk never l
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-__all__ = ["approximate_pagerank", "PushWorkspace", "graph_arrays"]
+__all__ = ["PushWorkspace", "approximate_pagerank", "graph_arrays"]
 
 
 def graph_arrays(A: sp.spmatrix | sp.sparray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -8,13 +8,14 @@ brute force on CPU threads).
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["knn", "knn_graph", "graph_from_knn", "resolve_backend", "row_blocks"]
+__all__ = ["graph_from_knn", "knn", "knn_graph", "resolve_backend", "row_blocks"]
 
 Backend = Literal["auto", "keops", "torch", "sklearn"]
 Kernel = Literal["gaussian_local", "gaussian", "unweighted"]
@@ -79,7 +80,7 @@ def row_blocks(n: int, parts: int) -> list[tuple[int, int]]:
     if parts < 1:
         raise ValueError(f"parts must be >= 1, got {parts}")
     edges = [(n * r) // parts for r in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 def _rows(rows: slice | None, n: int) -> tuple[int, int]:
