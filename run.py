@@ -1,8 +1,8 @@
 """lit-susc's command line (also installed as ``lit-susc``).
 
     python run.py pipeline --config configs/quickstart.yaml [--from-stage cluster]
-    python run.py sample --config configs/quickstart.yaml
-    python run.py sample --config configs/quickstart.yaml --print_config
+    python run.py sample --config configs/pythia-1.4b.yaml
+    python run.py sample --config configs/pythia-1.4b.yaml --print_config
     python run.py aux fit --config configs/aux_fit_pythia-1.4b.yaml
     python run.py aux predict --config configs/aux_predict_pythia-1.4b.yaml
     python run.py cluster --config runs/quickstart/pipeline/cluster.yaml   (the pipeline writes it, from
@@ -30,6 +30,26 @@ COMMANDS = {
 }
 """Commands with their own parser; ``sample`` and ``bif`` go to LightningCLI (lit_susc.cli)."""
 
+SUBCOMMANDS = {
+    "pipeline": "every stage from one YAML (model, sample, aux_fit, aux_predict, cluster, analyse, report)",
+    "sample": "chi, its standard error and the LLC of every component (SGLD chains)",
+    "bif": "Bayesian influence functions of training samples on queries",
+    "calibrate": "an lr x nbeta x localization sweep and the recommended sgld: block",
+    "aux": "aux fit: learn chi's PCs from activations; aux predict: upsample to many tokens",
+    "cluster": "whitening, the k-NN graph and local clustering",
+    "analyse": "the leak check (CKA and Jaccard-kNN by layer)",
+    "report": "the cluster browser (HTML)",
+}
+"""Every subcommand, with what it does (the top-level ``--help``)."""
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
+    return ("usage: lit-susc <subcommand> --config FILE [options]   (python run.py ... from a checkout)\n\n"
+            "subcommands:\n" + "\n".join(lines) + "\n\n"
+            "lit-susc <subcommand> --help shows a subcommand's options; see README.md for the quickstart.")
+
 
 def main(argv=None) -> None:
     from callbacks import ChainDivergedError
@@ -37,6 +57,9 @@ def main(argv=None) -> None:
     from lit_susc.pipeline import StageFailedError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
     try:
         if argv[:1] and argv[0] in COMMANDS:
             importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])

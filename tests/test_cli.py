@@ -172,3 +172,13 @@ def test_changed_weights_under_the_same_path_are_another_run(tiny_lm_dir, tmp_pa
         model.gpt_neox.embed_in.weight.add_(0.01)
     model.save_pretrained(model_dir)
     fails_with(config, capsys, "differs in: model_digest")
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    """``lit-susc --help`` names every subcommand run.py dispatches (its own parsers and LightningCLI's
+    sample and bif), so none is hidden behind another's help."""
+    import run
+
+    run.main(["--help"])
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert listed == set(run.COMMANDS) | {"sample", "bif"}
