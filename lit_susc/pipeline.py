@@ -157,7 +157,7 @@ class Pipeline:
         if stage == "aux_fit":
             if logger:
                 self._with_logger(c.aux_fit, "aux_fit")
-            return {**c.aux_fit, "susceptibilities": str(d("sample")), "output_dir": str(d("aux_fit"))}
+            return {**c.aux_fit, "sample_dir": str(d("sample")), "output_dir": str(d("aux_fit"))}
         if stage == "aux_predict":
             data = c.aux_predict.setdefault("data", {})
             data.setdefault("source", ((c.sample.get("model") or {}).get("data") or {}).get("source", "stdlib"))

@@ -29,7 +29,7 @@ def work(tiny_lm_dir, tmp_path_factory):
     docs = short_documents(tmp / "docs")
     run_sample(tiny_lm_dir, docs, tmp / "run", CONTEXT, OBSERVED)
     fit = {"trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False},
-           "susceptibilities": str(tmp / "run"), "output_dir": str(tmp / "aux"), "batch_size": 16,
+           "sample_dir": str(tmp / "run"), "output_dir": str(tmp / "aux"), "batch_size": 16,
            "split": {"val_fraction": 0.25}}
     aux_main(["fit", "--config", str(write(tmp / "fit.yaml", fit))])
     table = run_leak_check(tmp / "run", tmp / "aux", tmp / "leak", CONFIG, progress=False)

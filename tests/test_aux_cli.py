@@ -34,7 +34,7 @@ def work(tiny_lm_dir, tmp_path_factory):
 
 def fit_config(path, run_dir, out, **extra):
     return write(path, {"trainer": {"accelerator": "cpu", "max_epochs": 3, "enable_progress_bar": False},
-                        "susceptibilities": str(run_dir), "output_dir": str(out), "batch_size": 16,
+                        "sample_dir": str(run_dir), "output_dir": str(out), "batch_size": 16,
                         "split": {"val_fraction": 0.25}, **extra})
 
 

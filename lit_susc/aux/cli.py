@@ -25,7 +25,7 @@ from .split import SplitConfig
 class AuxTrainer(L.Trainer):
     """A Lightning Trainer whose ``fit`` and ``predict`` are the aux stages; each runs Lightning's own loop."""
 
-    def fit(self, susceptibilities: str, output_dir: str = "runs/aux", features: FeatureConfig | None = None,
+    def fit(self, sample_dir: str, output_dir: str = "runs/aux", features: FeatureConfig | None = None,
             targets: TargetConfig | None = None, split: SplitConfig | None = None,
             model: AuxModelConfig | None = None, batch_size: int = 256, num_workers: int = 0,
             ridge: RidgeConfig | None = None, trust_remote_code: bool = False,
@@ -33,7 +33,7 @@ class AuxTrainer(L.Trainer):
         """Train an aux model on a finished susceptibility run.
 
         Args:
-            susceptibilities: directory of a finished ``sample`` run (chi, tokens.parquet, run.json).
+            sample_dir: directory of a finished ``sample`` run (chi, tokens.parquet, run.json).
             output_dir: where the aux model, its PCA, normalisation, aux.json and pearson.png go.
             features: residual-stream layers and their collection.
             targets: PCs of chi kept as targets, standardisation, whitening.
@@ -45,7 +45,7 @@ class AuxTrainer(L.Trainer):
             trust_remote_code: allow model code from the hub for the base model.
             config_text: the resolved config, saved as config.yaml (filled in by the CLI).
         """
-        return fit_aux(self, susceptibilities, output_dir, features=features, targets=targets, split=split,
+        return fit_aux(self, sample_dir, output_dir, features=features, targets=targets, split=split,
                        model=model, batch_size=batch_size, num_workers=num_workers, ridge=ridge,
                        trust_remote_code=trust_remote_code, config_text=config_text)
 

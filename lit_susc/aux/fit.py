@@ -221,7 +221,7 @@ def _write_targets(run_dir: Path, cache_dir: Path, features: np.ndarray, is_val:
                                                                 "target_scale": scale})
 
 
-def fit_aux(trainer: L.Trainer, susceptibilities: str | Path, output_dir: str | Path,
+def fit_aux(trainer: L.Trainer, sample_dir: str | Path, output_dir: str | Path,
             features: FeatureConfig | None = None, targets: TargetConfig | None = None,
             split: SplitConfig | None = None, model: AuxModelConfig | None = None, batch_size: int = 256,
             num_workers: int = 0, ridge: RidgeConfig | None = None, trust_remote_code: bool = False,
@@ -233,8 +233,8 @@ def fit_aux(trainer: L.Trainer, susceptibilities: str | Path, output_dir: str | 
     """
     features, targets = features or FeatureConfig(), targets or TargetConfig()
     split, model, ridge = split or SplitConfig(), model or AuxModelConfig(), ridge or RidgeConfig()
-    run_dir, out_dir = Path(susceptibilities), Path(output_dir)
-    config = {"susceptibilities": str(susceptibilities), "features": asdict(features), "targets": asdict(targets),
+    run_dir, out_dir = Path(sample_dir), Path(output_dir)
+    config = {"sample_dir": str(sample_dir), "features": asdict(features), "targets": asdict(targets),
               "split": asdict(split), "model": asdict(model), "batch_size": batch_size, "ridge": asdict(ridge)}
     if claim(out_dir, config, record=META_FILE, view=lambda meta: meta["config"], other="another finished aux fit",
              resumable=False) == "finished":
