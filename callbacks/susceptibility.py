@@ -31,7 +31,8 @@ class SusceptibilityCallback(ComponentSumsCallback):
         return CovarianceSums.zeros(int(torch.Size(pl_module.observation_shape).numel()), pl_module.device, block)
 
     def fold(self, sums: CovarianceSums, draw: dict, pl_module) -> None:
-        sums.update(draw["phi"], draw["obs_losses"].double() - pl_module.observation_losses_star - draw["phi"])
+        # phi_C is the observable's change (lit_susc.observables); L_n's change centres the losses
+        sums.update(draw["observed"], draw["obs_losses"].double() - pl_module.observation_losses_star - draw["phi"])
 
     def summarize(self, sums: CovarianceSums, pl_module) -> dict[str, torch.Tensor]:
         sgld = pl_module.sgld

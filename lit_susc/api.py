@@ -16,6 +16,7 @@ from .components import resolve_components
 from .config import ComputeConfig, SGLDConfig
 from .engine import bif_callbacks, make_trainer, run_bif, run_sampling
 from .influence import BIFResult
+from .observables import Observable
 from .result import SusceptibilityResult
 from .sampler import SamplingData, SusceptibilitySampler
 
@@ -32,6 +33,7 @@ def estimate_susceptibilities(
     reference_data: Any = None,
     run_dir: str | Path | None = None,
     compute: ComputeConfig | None = None,
+    observable: Observable | None = None,
 ) -> SusceptibilityResult:
     """chi[component, observation] by component-restricted SGLD around the model's current weights.
 
@@ -51,9 +53,11 @@ def estimate_susceptibilities(
             removed once the result is in memory.
         compute: memory budget, prefix caching (for losses with ``accepts_cached_prefix``, such
             as ``lit_susc.lm.per_token_loss``) and observation precision (``ComputeConfig``).
+        observable: what chi correlates the losses with (lit_susc.observables); by default the
+            reference batch's mean loss, phi_C = L_ref(w) - L_ref(w*).
     """
     return _run(model, loss_fn, sampling_data, list(observation_data), components, sgld, trainer, reference_data,
-                run_dir, compute, None, lambda module, lt: run_sampling(module, lt))
+                run_dir, compute, None, lambda module, lt: run_sampling(module, lt), observable)
 
 
 def estimate_bif(
@@ -93,7 +97,7 @@ def estimate_bif(
 
 
 def _run(model, loss_fn, sampling_data, observation, components, sgld, trainer, reference_data, run_dir,
-         compute, required, runner):
+         compute, required, runner, observable=None):
     """Shared set-up of the API's runs: data, components, a run directory (temporary by default), Trainer."""
     sgld = sgld or SGLDConfig()
     sampling = list(sampling_data)
@@ -105,7 +109,8 @@ def _run(model, loss_fn, sampling_data, observation, components, sgld, trainer, 
     lightning_trainer = make_trainer(trainer, run_dir, required, rounds=sgld.rounds)
     if temporary and lightning_trainer.world_size > 1:
         raise ValueError("a multi-process run needs run_dir: every process must write to the same directory")
-    result = runner(SusceptibilitySampler(model, loss_fn, resolved, data, sgld, run_dir, compute), lightning_trainer)
+    module = SusceptibilitySampler(model, loss_fn, resolved, data, sgld, run_dir, compute, observable)
+    result = runner(module, lightning_trainer)
     if temporary:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume from a directory nobody named
     return result

@@ -13,6 +13,7 @@ from callbacks import BIFCallback, DiagnosticsCallback, LLCCallback, Susceptibil
 
 from .diagnostics import diagnostics_table, warn_unconverged
 from .influence import BIFResult
+from .observables import ReferenceLoss
 from .result import SusceptibilityResult
 from .rundir import claim, tensor_digest, weights_digest, write_parquet
 from .sampler import SusceptibilitySampler
@@ -48,6 +49,8 @@ def run_identity(module: SusceptibilitySampler, extra: dict | None = None) -> di
         # Low precision changes the estimate beyond float32 noise: a run must not mix the two.
         **({"observation_dtype": module.compute.observation_dtype}
            if module.compute.observation_dtype != "float32" else {}),
+        # The default observable (L_n) is left out, so the identities of runs from before it existed hold.
+        **({} if type(module.observable) is ReferenceLoss else module.observable.describe()),
         **(extra or {}),
     }
 

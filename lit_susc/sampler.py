@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from .chains import ChainEngine, LossFn
 from .components import Component
 from .config import ComputeConfig, SGLDConfig
+from .observables import Observable, ReferenceLoss
 from .prefix import PrefixCache
 from .rundir import write_json
 from .schedule import ChainPlan, ChainSchedule, Unit, plan_from_pilot
@@ -80,10 +81,13 @@ class SusceptibilitySampler(L.LightningModule):
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, components: dict[str, Component],
-                 data: SamplingData, sgld: SGLDConfig, run_dir: str | Path, compute: ComputeConfig | None = None) -> None:
+                 data: SamplingData, sgld: SGLDConfig, run_dir: str | Path, compute: ComputeConfig | None = None,
+                 observable: Observable | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.model, self.loss_fn, self.components, self.data, self.sgld = model, loss_fn, components, data, sgld
+        self.observable = observable or ReferenceLoss()
+        self.observable_star: Tensor | None = None
         self.compute = compute or ComputeConfig()
         self.engine: ChainEngine | None = None
         self.run_dir = Path(run_dir)
@@ -209,6 +213,8 @@ class SusceptibilitySampler(L.LightningModule):
             self.ref_loss_star = self.engine.reference_losses()[0]
             obs = self.engine.observation_losses()[0]
         self.observation_losses_star = obs
+        with torch.no_grad():
+            self.observable_star = self.observable.evaluate(self.engine, self.ref_loss_star[None])[0]
         if not torch.isfinite(self.ref_loss_star):
             raise FloatingPointError(f"the reference loss at w* is {self.ref_loss_star.item()}: the trained point "
                                      "must have a finite loss (check the model weights and the data)")
@@ -239,8 +245,9 @@ class SusceptibilitySampler(L.LightningModule):
         if is_draw:
             with torch.no_grad():
                 ref, obs = engine.reference_losses(), engine.observation_losses()
-            draws = [{"ref_loss": ref[k], "phi": ref[k] - self.ref_loss_star, "obs_losses": obs[k], "norms": norms[k]}
-                     for k in range(len(units))]
+                observed = self.observable.evaluate(engine, ref)
+            draws = [{"ref_loss": ref[k], "phi": ref[k] - self.ref_loss_star, "obs_losses": obs[k], "norms": norms[k],
+                      "observed": observed[k] - self.observable_star} for k in range(len(units))]
         done = step == plan.steps - 1
         return {"chains": [{"unit": unit, "step": step, "chain_step": plan.first_step + step,
                             "minibatch_loss": losses[k].detach(), "draw": draws[k], "unit_done": done}
