@@ -1,11 +1,10 @@
 """The observable phi_C is an extension point (lit_susc.observables): chi is linear in it."""
 
 import torch
+from linear_gaussian import loss_fn, model_at, problem
 
 from lit_susc import SGLDConfig, estimate_susceptibilities
 from lit_susc.observables import Observable
-
-from linear_gaussian import loss_fn, model_at, problem
 
 
 class AffineReferenceLoss(Observable):
