@@ -21,8 +21,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _run(run_dir, devices=1, *extra):
-    subprocess.run([sys.executable, str(SCRIPT), str(run_dir), str(devices), *extra], check=True, env=ENV,
-                   timeout=300, capture_output=True)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(run_dir), str(devices), *extra], check=False, env=ENV,
+                          timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]  # the end of the traceback, not the start of the logs
     return SusceptibilityResult.load(run_dir)
 
 
