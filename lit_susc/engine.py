@@ -107,15 +107,25 @@ def fit_in_run_dir(module: SusceptibilitySampler, trainer: L.Trainer, required: 
     return True
 
 
+def _fit_and_write(module: SusceptibilitySampler, trainer: L.Trainer, required: tuple[type, ...],
+                   identity_extra: dict | None, config_text: str | None, write, load):
+    """The one path of a run: claim the directory and fit (or resume; or skip when finished), then
+    ``write()`` the outputs on rank 0 (returning the result) while the other ranks wait, and return
+    the result (``load(run_dir)`` where this process did not build it)."""
+    if not fit_in_run_dir(module, trainer, required, identity_extra, config_text):
+        return load(module.run_dir)
+    result = write() if trainer.is_global_zero else None
+    trainer.strategy.barrier("lit-susc outputs written")
+    return result if result is not None else load(module.run_dir)
+
+
 def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.Table | None = None,
                  identity_extra: dict | None = None, config: dict | None = None,
                  config_text: str | None = None, shard_tokens: int = 1 << 20) -> SusceptibilityResult:
     """Fit (or resume, or skip when finished) and write the run's outputs; returns the result."""
     run_dir = module.run_dir
-    if not fit_in_run_dir(module, trainer, REQUIRED_CALLBACKS, identity_extra, config_text):
-        return SusceptibilityResult.load(run_dir)
-    result = None
-    if trainer.is_global_zero:
+
+    def write() -> SusceptibilityResult:
         susceptibility = _callback(trainer, SusceptibilityCallback)
         shape = (len(module.component_names), *module.observation_shape)
         result = SusceptibilityResult(
@@ -134,8 +144,10 @@ def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.T
         result.save(run_dir, shard_tokens=shard_tokens,
                     extra={"ref_loss_at_w_star": float(module.ref_loss_star), "chains": module.sgld.chains,
                            "draws": module.sgld.draws})
-    trainer.strategy.barrier("lit-susc outputs written")
-    return result if result is not None else SusceptibilityResult.load(run_dir)
+        return result
+
+    return _fit_and_write(module, trainer, REQUIRED_CALLBACKS, identity_extra, config_text, write,
+                          SusceptibilityResult.load)
 
 
 BIF_CALLBACKS = (BIFCallback, LLCCallback, DiagnosticsCallback)
@@ -154,15 +166,13 @@ def run_bif(module: SusceptibilitySampler, trainer: L.Trainer, granularity: str 
         raise ValueError("sgld.target_reliability extends chains until chi is reliable; a BIF run has no chi: "
                          "set it to null and choose draws (and max_draws) yourself")
     extra = {"kind": "bif", "n_train": _callback(trainer, BIFCallback).n_train, **(identity_extra or {})}
-    if not fit_in_run_dir(module, trainer, BIF_CALLBACKS, extra, config_text):
-        return BIFResult.load(run_dir)
-    result = None
-    if trainer.is_global_zero:
-        bif = _callback(trainer, BIFCallback).bif
-        result = BIFResult(bif=bif, components=module.component_names, granularity=granularity,
-                           llc=_callback(trainer, LLCCallback).llc,
+
+    def write() -> BIFResult:
+        result = BIFResult(bif=_callback(trainer, BIFCallback).bif, components=module.component_names,
+                           granularity=granularity, llc=_callback(trainer, LLCCallback).llc,
                            config={"sgld": module.sgld.to_dict(), **(config or {})}, train=train, query=query)
         write_parquet(run_dir / "traces.parquet", DiagnosticsCallback.gather(module))
         result.save(run_dir, top_k=top_k)
-    trainer.strategy.barrier("lit-susc outputs written")
-    return result if result is not None else BIFResult.load(run_dir)
+        return result
+
+    return _fit_and_write(module, trainer, BIF_CALLBACKS, extra, config_text, write, BIFResult.load)
