@@ -14,6 +14,7 @@ from .influence import BIFResult
 from .lm import LMInfluence, LMSusceptibilities
 from .result import SusceptibilityResult
 from .schedule import rounds
+from .strategy import IndependentChainsStrategy, chains_strategy
 
 HOW_TO_READ = """\
 Read them in Python:
@@ -79,11 +80,10 @@ class LitSuscCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].trainer
-        # Plain DDP would average gradients across ranks and couple independent chains.
-        if trainer.strategy in ("ddp", "ddp_find_unused_parameters_true"):
-            trainer.strategy = "ddp_chains"
-        if isinstance(trainer.strategy, str) and trainer.strategy.startswith("ddp_spawn"):
-            raise ValueError("ddp_spawn is not supported for sampling; use --trainer.strategy ddp")
+        # Plain DDP (asked for, or Lightning's choice for "auto" on several devices) would average
+        # gradients across ranks and couple independent chains.
+        if isinstance(chains_strategy(trainer.strategy, trainer.devices, trainer.accelerator), IndependentChainsStrategy):
+            trainer.strategy = IndependentChainsStrategy.strategy_name
         sgld = self.config[self.subcommand].model.sgld
         # One epoch per round of targeted sampling (lit_susc.schedule); one without a target.
         trainer.max_epochs = rounds(sgld.draws, sgld.target_reliability, sgld.max_draws)

@@ -182,3 +182,20 @@ def test_top_level_help_lists_every_subcommand(capsys):
     run.main(["--help"])
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert listed == set(run.COMMANDS) | {"sample", "bif"}
+
+
+def test_two_devices_without_a_strategy_sample_independent_chains(tiny_lm_dir, tmp_path, finished_run):
+    """``--trainer.devices 2`` alone (Lightning would pick plain DDP, which averages gradients and
+    refuses the frozen parameters) runs two independent-chains processes; oracle: the one-process
+    run of the same config (chi equal to float rounding)."""
+    import os
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path / "c.yaml", tiny_lm_dir, tmp_path / "out")
+    proc = subprocess.run([sys.executable, run.__file__, "sample", "--config", str(path), "--trainer.devices", "2"],
+                          check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = SusceptibilityResult.load(tmp_path / "out"), SusceptibilityResult.load(finished_run[1])
+    torch.testing.assert_close(two.chi, one.chi, rtol=1e-6, atol=1e-9)
