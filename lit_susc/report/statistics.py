@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import torch
 
 from ..result import read_chi, read_metadata
+from ..statistics import Moments
 from .config import ReportConfig
 from .inputs import CLUSTER_COLUMNS, Inputs
 
@@ -87,44 +88,30 @@ def cluster_profiles(run_dir: Path, index: np.ndarray, sizes: np.ndarray, config
     """[n_clusters, n_components]: each cluster's mean chi, z-scored per component unless 'raw'.
 
     One pass over chi in blocks: per-cluster sums, and each component's mean and variance over
-    all tokens (``merge_moments``). The mean of z-scores is (cluster mean - mean) / std; a
+    all tokens (``lit_susc.statistics.Moments``, centred on the first token so that a component
+    whose mean is far above its spread keeps its variance). The mean of z-scores is (cluster mean - mean) / std; a
     component with no spread has no z-score (NaN, drawn grey).
     """
     n_tokens, n_components = len(index), len(read_metadata(run_dir)["components"])
     idx = torch.from_numpy(index)
     sums = torch.zeros(len(sizes), n_components, dtype=torch.float64)
-    mean, m2, count = torch.zeros(n_components, dtype=torch.float64), torch.zeros(n_components, dtype=torch.float64), 0
+    moments = Moments(center="first")
     for a in range(0, n_tokens, config.chi_block_tokens):
         x = read_chi(run_dir, a, a + config.chi_block_tokens).to(torch.float64)  # [components, b]
         if not torch.isfinite(x).all():
             bad = a + int((~torch.isfinite(x)).any(0).nonzero()[0])
             raise ValueError(f"chi of {run_dir} is not finite at token {bad}; repair the run before reporting on it")
-        mean, m2, count = merge_moments(mean, m2, count, x)
+        moments.update(x.T)
         mine = idx[a:a + x.shape[1]]
         keep = mine >= 0
         sums.index_add_(0, mine[keep], x.T[keep])
     raw = sums / torch.from_numpy(sizes)[:, None]
     if config.profile == "raw":
         return raw.numpy()
-    std = (m2 / count).sqrt()
-    z = (raw - mean) / std
+    std = moments.std(ddof=0)
+    z = (raw - moments.mean()) / std
     z[:, std == 0] = float("nan")
     return z.numpy()
-
-
-def merge_moments(mean: torch.Tensor, m2: torch.Tensor, count: int,
-                  block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Running per-row mean and sum of squared deviations (M2) of ``count`` columns, with the
-    columns of ``block`` [rows, b] merged in (Chan et al.): (mean, M2, count) of all of them.
-
-    Merging block moments stays accurate when a row's mean is far larger than its spread, where
-    summing squares would cancel; the variance is M2 / count.
-    """
-    b = block.shape[1]
-    delta, total = block.mean(1) - mean, count + b
-    mean = mean + delta * (b / total)
-    m2 = m2 + block.var(1, correction=0) * b + delta.square() * (count * b / total)
-    return mean, m2, total
 
 
 # ----------------------------------------------------------------------------- tokens
