@@ -16,13 +16,14 @@ with two seeds, whose measured Pearson is printed beside the predicted one.
     python benchmarks/bench_reliability.py --report                                # the table only
 
 Runs are kept under runs/bench_reliability/ (finished ones are reused, so settings can be run in
-separate invocations); the table is printed and written to runs/bench_reliability/table.md.
+separate invocations; an interrupted one is started over, so that its time is whole); the table is printed and written to runs/bench_reliability/table.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ def run_one(pretrained: str, setting: str, component: str, seed: int) -> dict:
     record = out / "bench.json"
     if record.exists():
         return json.loads(record.read_text())
+    if out.exists():  # an interrupted run: resuming it would time only its last part
+        shutil.rmtree(out)
     config = yaml.safe_load(Path("configs/quickstart.yaml").read_text())["sample"]["model"]
     sgld = SGLDConfig(**{**config["sgld"], "chains": 4, "draws": 200, "seed": seed, **SETTINGS[setting]})
     start, cpu = time.perf_counter(), time.process_time()
