@@ -28,7 +28,7 @@ COMMANDS = {
     "report": "lit_susc.report.stage",
     "calibrate": "lit_susc.calibration_cli",
 }
-"""Commands with their own parser; ``sample`` and ``bif`` go to LightningCLI (lit_susc.cli)."""
+"""Commands with their own parser; ``sample`` and ``bif`` are LightningCLIs (lit_susc.cli)."""
 
 SUBCOMMANDS = {
     "pipeline": "every stage from one YAML (model, sample, aux_fit, aux_predict, cluster, analyse, report)",
@@ -61,10 +61,13 @@ def main(argv=None) -> None:
         print(usage())
         return
     try:
-        if argv[:1] and argv[0] in COMMANDS:
+        if argv[0] in COMMANDS:
             importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-        else:
+        elif argv[0] in SUBCOMMANDS:
             cli_main(argv)
+        else:
+            raise ValueError(f"unknown subcommand {argv[0]!r}; choose one of {', '.join(SUBCOMMANDS)} "
+                             "(lit-susc --help says what each does)")
     except (ValueError, FileNotFoundError, FloatingPointError, ChainDivergedError, StageFailedError) as err:
         if os.environ.get("LIT_SUSC_DEBUG"):
             raise

@@ -58,7 +58,7 @@ def run_one(pretrained: str, setting: str, component: str, seed: int) -> dict:
 
     from lit_susc.config import ComputeConfig, SGLDConfig
     from lit_susc.engine import make_trainer, run_sampling
-    from lit_susc.lm import LMSusceptibilities, TextDataConfig
+    from lit_susc.lm import TextDataConfig, lm_susceptibilities
 
     out = ROOT / f"sbd-{setting}" / f"seed-{seed}" / component
     record = out / "bench.json"
@@ -69,8 +69,8 @@ def run_one(pretrained: str, setting: str, component: str, seed: int) -> dict:
     config = yaml.safe_load(Path("configs/quickstart.yaml").read_text())["sample"]["model"]
     sgld = SGLDConfig(**{**config["sgld"], "chains": 4, "draws": 200, "seed": seed, **SETTINGS[setting]})
     start, cpu = time.perf_counter(), time.process_time()
-    module = LMSusceptibilities(pretrained=pretrained, components=[component], data=TextDataConfig(**config["data"]),
-                                sgld=sgld, output_dir=str(out), compute=ComputeConfig(**config["compute"]))
+    module = lm_susceptibilities(pretrained=pretrained, components=[component], data=TextDataConfig(**config["data"]),
+                                 sgld=sgld, output_dir=str(out), compute=ComputeConfig(**config["compute"]))
     trainer = make_trainer({"accelerator": "cpu", "enable_progress_bar": False}, out, rounds=sgld.rounds)
     res = run_sampling(module, trainer, tokens=module.tokens, identity_extra=module.describe())
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu

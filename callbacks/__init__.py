@@ -6,6 +6,11 @@
 - :class:`DiagnosticsCallback`: loss traces, divergence detection.
 """
 
+# The callbacks are built on lit_susc's core, and lit_susc's engine runs them: the package comes
+# first, so that whichever of the two a program imports first, no callback module runs half
+# initialised (lit_susc's modules import callbacks by submodule for the same reason).
+import lit_susc  # noqa: F401
+
 from .diagnostics import ChainDivergedError, DiagnosticsCallback
 from .influence import BIFCallback
 from .llc import LLCCallback

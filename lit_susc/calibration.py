@@ -66,7 +66,7 @@ import torch
 import yaml
 from torch import nn
 
-from callbacks import ChainDivergedError
+from callbacks.diagnostics import ChainDivergedError
 
 from .api import estimate_susceptibilities
 from .chains import LossFn

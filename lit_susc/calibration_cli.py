@@ -39,14 +39,13 @@ def main(argv: list[str] | None = None) -> Path:
     """Entry point of ``run.py calibrate``: ``argv`` is what follows ``calibrate`` on the command line."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from .lm import LMSusceptibilities
+    from .lm import lm_susceptibilities
 
     parser = ArgumentParser(prog="run.py calibrate", description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of the fields below")
     parser.add_argument("--output_dir", type=str, default="runs/calibrate", help="where the calibration goes")
     parser.add_argument("--trainer", type=dict, default={}, help="Lightning Trainer arguments (one process)")
-    parser.add_class_arguments(LMSusceptibilities, "model", skip={"output_dir", "shard_tokens"},
-                               instantiate=False)
+    parser.add_function_arguments(lm_susceptibilities, "model", skip={"output_dir", "shard_tokens"})
     for axis in ("lr", "nbeta", "localization"):
         parser.add_argument(f"--grid.{axis}", type=list[float] | None, default=None,
                             help=f"the {axis} values of the grid (null: model.sgld's)")
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.perf_counter()
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
     init = instantiate(cfg.clone())
-    lm = LMSusceptibilities(**init.model.as_dict(), output_dir=str(output_dir))
+    lm = lm_susceptibilities(**init.model.as_dict(), output_dir=str(output_dir))
     cal = calibrate(lm.model, lm.loss_fn, lm.data.sampling, lm.components, **grid, sgld=lm.sgld,
                     trainer=cfg.trainer, observation_data=lm.data.observation, reference_data=lm.data.reference,
                     run_dir=output_dir, compute=lm.compute, rule=rule)

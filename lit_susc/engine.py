@@ -9,7 +9,10 @@ import lightning as L
 import pyarrow as pa
 import torch
 
-from callbacks import BIFCallback, DiagnosticsCallback, LLCCallback, SusceptibilityCallback
+from callbacks.diagnostics import DiagnosticsCallback
+from callbacks.influence import BIFCallback
+from callbacks.llc import LLCCallback
+from callbacks.susceptibility import SusceptibilityCallback
 
 from .diagnostics import diagnostics_table, warn_unconverged
 from .influence import BIFResult

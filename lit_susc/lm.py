@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import torch
@@ -154,7 +154,25 @@ def _batches(ids: Tensor, size: int) -> list[Tensor]:
 
 
 class LMSusceptibilities(SusceptibilitySampler):
-    """The ``sample`` subcommand's module: a causal LM, text data, components by glob pattern.
+    """A sampler over a causal LM's text contexts, carrying what its outputs record about them
+    (built from a config by ``lm_susceptibilities``)."""
+
+    def __init__(self, tokens: pa.Table, description: dict, shard_tokens: int, **sampler: Any) -> None:
+        super().__init__(**sampler)
+        self.tokens, self.description, self.shard_tokens = tokens, description, shard_tokens
+
+    def describe(self) -> dict:
+        return self.description
+
+
+def lm_susceptibilities(pretrained: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
+                        components: Sequence[str] = ("*",),
+                        data: TextDataConfig | None = None, sgld: SGLDConfig | None = None,
+                        output_dir: str = "runs/sample", shard_tokens: int = 1 << 20,
+                        tiny_lm: TinyLMConfig | None = None, compute: ComputeConfig | None = None) -> LMSusceptibilities:
+    """The ``sample`` subcommand's module: loads the model (training the offline one when
+    ``pretrained`` is None), cuts the text into observation and sampling contexts, and resolves
+    the components.
 
     Args:
         pretrained: a transformers model name or local path (e.g. ``EleutherAI/pythia-14m``);
@@ -171,32 +189,19 @@ class LMSusceptibilities(SusceptibilitySampler):
         tiny_lm: the offline model's recipe, used when ``pretrained`` is None.
         compute: memory budget, prefix caching and observation precision (never the estimate).
     """
-
-    def __init__(self, pretrained: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
-                 components: Sequence[str] = ("*",),
-                 data: TextDataConfig | None = None, sgld: SGLDConfig | None = None,
-                 output_dir: str = "runs/sample", shard_tokens: int = 1 << 20,
-                 tiny_lm: TinyLMConfig | None = None, compute: ComputeConfig | None = None) -> None:
-        data = data or TextDataConfig()
-        sgld = sgld or SGLDConfig()
-        run_dir = Path(output_dir)
-        model, tokenizer, self.model_identity = load_lm(pretrained, revision, trust_remote_code, tiny_lm, run_dir, data)
-        observation = text_contexts(tokenizer, data, data.observation_contexts, skip=0)
-        sampling = text_contexts(tokenizer, data, data.sampling_contexts, skip=len(observation))
-        self.tokens = token_table(observation, tokenizer)
-        self.data_config = data
-        super().__init__(
-            model=model, loss_fn=per_token_loss,
-            components=resolve_components(model, list(components)),
-            data=SamplingData(sampling=_batches(sampling.input_ids, data.batch_size),
-                              observation=_batches(observation.input_ids, data.observation_batch_size),
-                              reference=sampling.input_ids[:data.batch_size]),
-            sgld=sgld, run_dir=run_dir, compute=compute,
-        )
-        self.shard_tokens = shard_tokens
-
-    def describe(self) -> dict:
-        return {"model": self.model_identity, "data": asdict(self.data_config)}
+    data = data or TextDataConfig()
+    run_dir = Path(output_dir)
+    model, tokenizer, identity = load_lm(pretrained, revision, trust_remote_code, tiny_lm, run_dir, data)
+    observation = text_contexts(tokenizer, data, data.observation_contexts, skip=0)
+    sampling = text_contexts(tokenizer, data, data.sampling_contexts, skip=len(observation))
+    return LMSusceptibilities(
+        token_table(observation, tokenizer), {"model": identity, "data": asdict(data)}, shard_tokens,
+        model=model, loss_fn=per_token_loss, components=resolve_components(model, list(components)),
+        data=SamplingData(sampling=_batches(sampling.input_ids, data.batch_size),
+                          observation=_batches(observation.input_ids, data.observation_batch_size),
+                          reference=sampling.input_ids[:data.batch_size]),
+        sgld=sgld or SGLDConfig(), run_dir=run_dir, compute=compute,
+    )
 
 
 def sample_table(contexts: ContextSet, tokenizer) -> pa.Table:
@@ -222,8 +227,26 @@ def token_text_table(contexts: ContextSet, tokenizer, left: int = 24, right: int
 
 
 class LMInfluence(SusceptibilitySampler):
+    """A BIF sampler over a causal LM's training samples and queries, carrying their texts
+    (built from a config by ``lm_influence``)."""
+
+    def __init__(self, train_table: pa.Table, query_table: pa.Table, description: dict, granularity: str,
+                 top_k: int, **sampler: Any) -> None:
+        super().__init__(**sampler)
+        self.train_table, self.query_table, self.description = train_table, query_table, description
+        self.n_train, self.granularity, self.top_k = train_table.num_rows, granularity, top_k
+
+    def describe(self) -> dict:
+        return self.description
+
+
+def lm_influence(pretrained: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
+                 components: Sequence[str] | None = None, data: InfluenceDataConfig | None = None,
+                 sgld: SGLDConfig | None = None, output_dir: str = "runs/bif", top_k: int = 10,
+                 tiny_lm: TinyLMConfig | None = None, compute: ComputeConfig | None = None) -> LMInfluence:
     """The ``bif`` subcommand's module: Bayesian influence functions of a causal LM's training samples
     on queries, BIF(z_i, q) = -Cov(l_i, l_q) under the localized posterior (design.md section 2).
+    Loads the model, cuts the posterior's data, the training samples and the queries into contexts.
 
     Args:
         pretrained, revision, trust_remote_code, tiny_lm: the model, as for ``sample``.
@@ -236,34 +259,24 @@ class LMInfluence(SusceptibilitySampler):
         top_k: most influential training samples listed per query.
         compute: memory budget, prefix caching and observation precision (never the estimate).
     """
-
-    def __init__(self, pretrained: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
-                 components: Sequence[str] | None = None, data: InfluenceDataConfig | None = None,
-                 sgld: SGLDConfig | None = None, output_dir: str = "runs/bif", top_k: int = 10,
-                 tiny_lm: TinyLMConfig | None = None, compute: ComputeConfig | None = None) -> None:
-        data = data or InfluenceDataConfig()
-        sgld = sgld or SGLDConfig()
-        run_dir = Path(output_dir)
-        model, tokenizer, self.model_identity = load_lm(pretrained, revision, trust_remote_code, tiny_lm, run_dir, data)
-        sampling = text_contexts(tokenizer, data, data.sampling_contexts, skip=0)
-        query = text_contexts(tokenizer, data, data.query_contexts, source=data.query_source,
-                              skip=0 if data.query_source else data.sampling_contexts)
-        train = ContextSet(input_ids=sampling.input_ids[:data.train_contexts],
-                           doc_index=sampling.doc_index[:data.train_contexts],
-                           start=sampling.start[:data.train_contexts], documents=sampling.documents)
-        describe = sample_table if data.granularity == "sample" else token_text_table
-        self.train_table, self.query_table = describe(train, tokenizer), describe(query, tokenizer)
-        self.n_train = self.train_table.num_rows
-        self.data_config, self.top_k = data, top_k
-        batches = lambda ids: _batches(ids, data.observation_batch_size)
-        super().__init__(
-            model=model, loss_fn=per_sample_loss if data.granularity == "sample" else per_token_loss,
-            components=resolve_components(model, None if components is None else list(components)),
-            data=SamplingData(sampling=_batches(sampling.input_ids, data.batch_size),
-                              observation=batches(train.input_ids) + batches(query.input_ids),
-                              reference=sampling.input_ids[:data.batch_size]),
-            sgld=sgld, run_dir=run_dir, compute=compute,
-        )
-
-    def describe(self) -> dict:
-        return {"model": self.model_identity, "data": asdict(self.data_config)}
+    data = data or InfluenceDataConfig()
+    run_dir = Path(output_dir)
+    model, tokenizer, identity = load_lm(pretrained, revision, trust_remote_code, tiny_lm, run_dir, data)
+    sampling = text_contexts(tokenizer, data, data.sampling_contexts, skip=0)
+    query = text_contexts(tokenizer, data, data.query_contexts, source=data.query_source,
+                          skip=0 if data.query_source else data.sampling_contexts)
+    train = ContextSet(input_ids=sampling.input_ids[:data.train_contexts],
+                       doc_index=sampling.doc_index[:data.train_contexts],
+                       start=sampling.start[:data.train_contexts], documents=sampling.documents)
+    table = sample_table if data.granularity == "sample" else token_text_table
+    batches = lambda ids: _batches(ids, data.observation_batch_size)
+    return LMInfluence(
+        table(train, tokenizer), table(query, tokenizer), {"model": identity, "data": asdict(data)},
+        data.granularity, top_k,
+        model=model, loss_fn=per_sample_loss if data.granularity == "sample" else per_token_loss,
+        components=resolve_components(model, None if components is None else list(components)),
+        data=SamplingData(sampling=_batches(sampling.input_ids, data.batch_size),
+                          observation=batches(train.input_ids) + batches(query.input_ids),
+                          reference=sampling.input_ids[:data.batch_size]),
+        sgld=sgld or SGLDConfig(), run_dir=run_dir, compute=compute,
+    )

@@ -184,6 +184,33 @@ def test_top_level_help_lists_every_subcommand(capsys):
     assert listed == set(run.COMMANDS) | {"sample", "bif"}
 
 
+def test_an_unknown_subcommand_is_one_error_line_naming_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["smaple", "--config", "x.yaml"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lit-susc: error: unknown subcommand 'smaple'") and "sample" in err
+
+
+def test_a_subcommands_help_is_titled_with_it(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["bif", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: lit-susc bif") and "--model.data" in out
+
+
+@pytest.mark.parametrize("first", ["callbacks", "lit_susc", "callbacks.llc", "lit_susc.covariance"])
+def test_lit_susc_and_callbacks_import_in_either_order(first):
+    """The engine runs the callbacks and the callbacks use lit_susc's core: a fresh interpreter
+    imports either package first (no lazy attribute hides a half-initialised module)."""
+    import subprocess
+    import sys
+
+    code = f"import {first}; import callbacks, lit_susc; lit_susc.estimate_susceptibilities; callbacks.LLCCallback"
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_two_devices_without_a_strategy_sample_independent_chains(tiny_lm_dir, tmp_path, finished_run):
     """``--trainer.devices 2`` alone (Lightning would pick plain DDP, which averages gradients and
     refuses the frozen parameters) runs two independent-chains processes; oracle: the one-process
