@@ -45,7 +45,8 @@ def estimate_susceptibilities(
         observation_data: batches whose losses are observed at each draw; chi's columns are
             their losses concatenated along dim 0.
         components: None (the whole model as one component ``all``), a list of glob patterns
-            over built-in components (GPT-NeoX, GPT-2), or {name: {parameter name: None | mask}}.
+            over built-in components (lit_susc.models: GPT-NeoX, GPT-2, Llama, Qwen2, Qwen3,
+            Mistral, OLMo 2, Phi-3), or {name: {parameter name: None | mask}}.
         sgld: sampler settings and chi convention (``SGLDConfig``).
         trainer: extra ``lightning.Trainer`` arguments (accelerator, devices, strategy, logger...).
         reference_data: the batch defining L_ref and phi_C = L_ref(w) - L_ref(w*).

@@ -2,8 +2,10 @@
 
 A component maps parameter names to ``None`` (the whole tensor) or a boolean mask of that
 parameter's shape. Built-in components come from the model family's adapter (lit_susc.models:
-one module per family documents its layout); their names follow one scheme,
-``layers.{l}.heads.{h}``, ``layers.{l}.mlp``, ``embed``, ``unembed`` (GPT-2 adds ``pos_embed``).
+one module per family documents its layout: GPT-NeoX, GPT-2, and Llama, Qwen2, Qwen3, Mistral,
+OLMo 2, Phi-3 in the Llama layout); their names follow one scheme, ``layers.{l}.heads.{h}``,
+``layers.{l}.kv.{g}`` (key/value groups of grouped-query attention), ``layers.{l}.mlp``, ``embed``,
+``unembed`` (GPT-2 adds ``pos_embed``).
 This module selects among them and checks explicit components against the model.
 """
 

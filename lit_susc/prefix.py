@@ -15,7 +15,9 @@ parallel residual (Pythia) computes
 so a head's chains never change the MLP branch, and an MLP's chains never change the attention
 branch; with a sequential residual an MLP's chains never change the attention output. That
 branch's output is stored beside h_l and block l skips it (``Cut.constant``). This also gives
-block-0 components a saving.
+block-0 components a saving. What is stored is the branch module's output: a pre-norm is skipped
+with the module, a norm on the module's output (OLMo 2) runs on the stored value as it would on the
+live one.
 
 Forward and backward both start at block l. The output head alone (``unembed``) stores the final
 normed hidden state and runs only the head and the loss; the embedding gets no saving. The values
@@ -113,14 +115,18 @@ def _branch_replaced(adapter: ModelAdapter, block: nn.Module, constant: Branch |
         yield
         return
     layout = adapter.branch_layout(constant)
-    saved = getattr(block, layout.norm), getattr(block, layout.module)
-    setattr(block, layout.norm, nn.Identity())
-    setattr(block, layout.module, _Constant(value, pair=layout.returns_tuple))
+    # a pre-norm feeds only the stored module, so it goes too; a norm on the module's output (norm None) stays
+    replaced = {layout.module: _Constant(value, pair=layout.returns_tuple)}
+    if layout.norm is not None:
+        replaced[layout.norm] = nn.Identity()
+    saved = {name: getattr(block, name) for name in replaced}
+    for name, module in replaced.items():
+        setattr(block, name, module)
     try:
         yield
     finally:
-        setattr(block, layout.norm, saved[0])
-        setattr(block, layout.module, saved[1])
+        for name, module in saved.items():
+            setattr(block, name, module)
 
 
 def trunk_hidden(model: nn.Module, batch: Tensor | CachedPrefix) -> Tensor:
@@ -215,7 +221,8 @@ class PrefixCache:
 
     @torch.no_grad()
     def _branch_output(self, hidden: Tensor) -> Tensor:
-        """The output of block ``cut.start``'s constant branch, given the block's input ``hidden``."""
+        """The output of block ``cut.start``'s constant branch module (before any norm on its output),
+        given the block's input ``hidden``."""
         start, layout = self.cut.start, self.adapter.branch_layout(self.cut.constant)
         with Capture() as capture:
             capture.output_of(getattr(self.adapter.blocks(self.model)[start], layout.module), "branch", stop=True)

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Parameter and module names of the built-in families (whole words where the name is short).
 FAMILY_NAMES = [r"gpt_neox", r"gpt2", r"query_key_value", r"attention\.dense", r"embed_in", r"embed_out", r"lm_head",
                 r"transformer\.h\b", r"c_attn", r"c_proj", r"c_fc", r"\bwte\b", r"\bwpe\b", r"input_layernorm",
-                r"post_attention_layernorm", r"final_layer_norm", r"\bln_f\b", r"\bln_[12]\b"]
+                r"post_attention_layernorm", r"final_layer_norm", r"\bln_f\b", r"\bln_[12]\b",
+                r"embed_tokens", r"self_attn", r"\b[qkvo]_proj\b", r"qkv_proj", r"\b(gate|up|down)_proj\b",
+                r"gate_up_proj", r"\b[qk]_norm\b", r"post_feedforward_layernorm", r"layer_types"]
 
 
 def neox_config():
@@ -34,7 +36,7 @@ def gpt2_config():
 
 def test_no_library_module_outside_models_names_a_family_parameter():
     """Oracle: a grep of lit_susc/**/*.py and callbacks/*.py, lit_susc/models/ and lit_susc/tinylm.py
-    (which builds a GPT-NeoX) left out, finds none of the built-in families' names."""
+    (which builds the offline model) left out, finds none of the built-in families' names."""
     library = ROOT / "lit_susc"
     files = [p for p in library.rglob("*.py") if p.relative_to(library).parts[0] != "models"
              and p != library / "tinylm.py"] + sorted((ROOT / "callbacks").glob("*.py"))
@@ -72,7 +74,8 @@ def test_a_registered_adapter_gives_a_new_family_its_components(monkeypatch):
 
 
 def test_an_unregistered_model_type_is_refused_naming_the_known_ones():
-    known = r"model type 'toy' \(known: \['gpt2', 'gpt_neox'\]\); pass components explicitly"
+    known = re.escape(f"model type 'toy' (known: {sorted(models.ADAPTERS)}); pass components explicitly")
+    assert {"gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "mistral", "olmo2", "phi3"} <= set(models.ADAPTERS)
     with pytest.raises(ValueError, match=known):
         discover_components(Toy())
 
@@ -100,8 +103,9 @@ def test_gpt2_runs_uncached():
     assert all(component_cut(model, c) is None for c in discover_components(model).values())
 
 
-def test_an_unregistered_family_gets_residual_features_from_blocks_found_by_shape():
-    """Oracle: transformers' output_hidden_states of a Llama, a family without an adapter."""
+def test_an_unregistered_family_gets_residual_features_from_blocks_found_by_shape(monkeypatch):
+    """Oracle: transformers' output_hidden_states of a Llama, with its adapter unregistered for the test."""
+    monkeypatch.setattr(models, "ADAPTERS", {k: v for k, v in models.ADAPTERS.items() if k != "llama"})
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
                                          intermediate_size=32, max_position_embeddings=16)).eval()
     ids = torch.randint(0, 64, (2, 8))

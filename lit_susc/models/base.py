@@ -45,9 +45,14 @@ class Place:
 class BranchLayout:
     """The modules that make up a branch of a block, as attribute names of the block: the branch
     adds ``module(norm(h))`` to the residual stream. ``returns_tuple``: the module returns
-    (output, ...) rather than the output alone (attention modules return their weights too)."""
+    (output, ...) rather than the output alone (attention modules return their weights too).
 
-    norm: str
+    ``norm`` None: the branch reads h itself, and the family normalises the module's output instead
+    (OLMo 2: ``post_norm(module(h))``). The prefix cache stores ``module``'s output either way; a
+    pre-norm is bypassed with the module, a norm on the output stays and acts on the stored output.
+    """
+
+    norm: str | None
     module: str
     returns_tuple: bool
 
@@ -62,8 +67,9 @@ class ModelAdapter:
     def components(self, model: nn.Module) -> dict[str, Component]:
         """Every built-in component of ``model``, in layer order. Required.
 
-        Names follow one scheme across families: ``layers.{l}.heads.{h}``, ``layers.{l}.mlp``,
-        ``embed``, ``unembed`` (and family extras such as GPT-2's ``pos_embed``).
+        Names follow one scheme across families: ``layers.{l}.heads.{h}``, ``layers.{l}.kv.{g}``
+        (key/value groups, lit_susc.models.llama), ``layers.{l}.mlp``, ``embed``, ``unembed`` (and
+        family extras such as GPT-2's ``pos_embed``).
         """
         raise NotImplementedError(f"{type(self).__name__} has no built-in components")
 
