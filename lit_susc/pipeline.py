@@ -236,6 +236,19 @@ class Pipeline:
             self.stage_config(stage)
         self._check_upsampling()
 
+    def command(self, stage: str) -> list[str]:
+        """The ``run.py`` arguments of a stage's command, before ``--config``."""
+        return {"aux_fit": ["aux", "fit"], "aux_predict": ["aux", "predict"]}.get(stage, [stage])
+
+    def stage_configs_text(self) -> str:
+        """Every stage's config as its command would receive it, one YAML document per stage."""
+        docs = []
+        for stage in self.stages:
+            how = ("the pipeline trains it itself" if stage == "model" else
+                   f"run.py {' '.join(self.command(stage))} --config {self.state_dir / f'{stage}.yaml'}")
+            docs.append(f"# {stage}: {how}\n" + yaml.safe_dump(self.stage_config(stage), sort_keys=False))
+        return "---\n".join(docs)
+
     def _check_upsampling(self) -> None:
         data = (self.config.sample.get("model") or {}).get("data") or {}
         context = data.get("context_length", 128)
@@ -292,8 +305,7 @@ class Pipeline:
 
             train_tiny_lm(self.stage_dir("model"), TinyLMConfig(**config["tiny_lm"]), source=config["source"])
         else:
-            command = {"aux_fit": ["aux", "fit"], "aux_predict": ["aux", "predict"]}.get(stage, [stage])
-            self._subprocess([*command, "--config", str(config_path)], stage)
+            self._subprocess([*self.command(stage), "--config", str(config_path)], stage)
         seconds = time.time() - start
         self._after(stage)
         write_json(self._state_file(stage), {"stage": stage, "fingerprint": self.fingerprint(stage),
@@ -337,7 +349,7 @@ class Pipeline:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """``run.py pipeline --config FILE [--from-stage STAGE]``."""
+    """``run.py pipeline --config FILE [--from-stage STAGE | --print_config]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="run.py pipeline", description=__doc__,
@@ -345,5 +357,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--config", required=True, help="the pipeline's YAML (see configs/quickstart.yaml)")
     parser.add_argument("--from-stage", choices=STAGES, default=None,
                         help="recompute this stage and every stage after it")
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the config each stage's command would get (pipeline/<stage>.yaml), then exit")
     args = parser.parse_args(argv)
-    return Pipeline(PipelineConfig.from_yaml(args.config)).run(from_stage=args.from_stage)
+    pipeline = Pipeline(PipelineConfig.from_yaml(args.config))
+    if args.print_config:
+        pipeline.check()
+        print(pipeline.stage_configs_text())
+        return pipeline.state_dir
+    return pipeline.run(from_stage=args.from_stage)

@@ -1,8 +1,9 @@
 """Loading causal LMs, and a tiny Pythia-style model trained offline for the quickstart.
 
 ``train_tiny_lm`` trains a byte-level BPE tokenizer and a 1.3M-parameter GPT-NeoX (the Pythia
-architecture) on the Python standard library in under two minutes on one or two idle CPU cores,
-so that every part of the library can be exercised without the model hub. Real models go through
+architecture; or a Llama with grouped-query attention, ``architecture: llama``) on the Python
+standard library in under two minutes on one or two idle CPU cores, so that every part of the
+library can be exercised without the model hub. Real models go through
 ``load_causal_lm`` (a hub name or a local path, e.g. the directory ``train_tiny_lm`` returns).
 """
 
@@ -14,8 +15,9 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -25,6 +27,8 @@ from transformers import (
     AutoTokenizer,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -40,6 +44,9 @@ SUMMARY_FILE = "train_summary.json"
 class TinyLMConfig:
     """Architecture and training recipe of the quickstart model."""
 
+    architecture: Literal["gpt_neox", "llama"] = "gpt_neox"
+    """'gpt_neox': Pythia's (parallel residual, partial rotary, LayerNorm, GELU MLP); 'llama':
+    Llama's (sequential residual, full rotary, RMSNorm, SwiGLU MLP, grouped-query attention)."""
     vocab_size: int = 2048
     """BPE vocabulary size to train (tokens, incl. ``<|endoftext|>``); a small corpus may yield fewer."""
     hidden_size: int = 128
@@ -48,6 +55,9 @@ class TinyLMConfig:
     """Transformer blocks."""
     num_heads: int = 4
     """Attention heads per block (must divide hidden_size)."""
+    num_key_value_heads: int | None = None
+    """Key/value heads per block ('llama' only; must divide num_heads): num_heads / num_key_value_heads
+    query heads share each key/value group. None: as many as query heads."""
     intermediate_size: int = 512
     """MLP hidden width."""
     context_length: int = 128
@@ -81,10 +91,39 @@ class TinyLMConfig:
                              f"{self.lr}, {self.warmup_steps}, {self.weight_decay}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"TinyLMConfig.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
+        if self.architecture not in ("gpt_neox", "llama"):
+            raise ValueError(f"TinyLMConfig.architecture must be 'gpt_neox' or 'llama', got {self.architecture!r}")
+        if self.num_key_value_heads is not None:
+            if self.architecture != "llama":
+                raise ValueError("TinyLMConfig.num_key_value_heads is for architecture 'llama' (GPT-NeoX has no "
+                                 "grouped-query attention); remove it or set architecture: llama")
+            if self.num_key_value_heads < 1 or self.num_heads % self.num_key_value_heads:
+                raise ValueError(f"TinyLMConfig.num_key_value_heads={self.num_key_value_heads} must be >= 1 and "
+                                 f"divide num_heads={self.num_heads}")
+
+    def recipe(self) -> dict:
+        """The fields that define the model, for comparing with a trained one. Fields added later are
+        left out at their defaults, so models trained before they existed are still recognised."""
+        later = {"architecture": "gpt_neox", "num_key_value_heads": None}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not (f.name in later and getattr(self, f.name) == later[f.name])}
 
 
-def build_tiny_gpt_neox(config: TinyLMConfig, vocab_size: int, eos_token_id: int) -> GPTNeoXForCausalLM:
-    """A freshly initialized Pythia-architecture model sized by ``config``."""
+def build_tiny_lm(config: TinyLMConfig, vocab_size: int, eos_token_id: int) -> PreTrainedModel:
+    """A freshly initialized model of ``config.architecture`` sized by ``config``."""
+    if config.architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_key_value_heads or config.num_heads,
+            intermediate_size=config.intermediate_size,
+            max_position_embeddings=config.context_length,
+            tie_word_embeddings=False,
+            bos_token_id=eos_token_id,
+            eos_token_id=eos_token_id,
+        ))
     neox = GPTNeoXConfig(
         vocab_size=vocab_size,
         hidden_size=config.hidden_size,
@@ -158,7 +197,7 @@ def train_tiny_lm(
     config = config or TinyLMConfig()
     out_dir = Path(out_dir)
     model_dir, summary_path = out_dir / "model", out_dir / SUMMARY_FILE
-    recipe = {"config": asdict(config), "source": source, "max_documents": max_documents}
+    recipe = {"config": config.recipe(), "source": source, "max_documents": max_documents}
     if is_finished(out_dir, SUMMARY_FILE) and model_dir.is_dir():
         summary = json.loads(summary_path.read_text())
         if {k: summary.get(k) for k in recipe} != recipe:
@@ -186,7 +225,7 @@ def train_tiny_lm(
         eval_ids = contexts.input_ids[order[: config.eval_contexts]]
         train_ids = contexts.input_ids[order[config.eval_contexts :][: config.max_train_contexts]]
 
-        model = build_tiny_gpt_neox(config, len(tokenizer), tokenizer.eos_token_id)
+        model = build_tiny_lm(config, len(tokenizer), tokenizer.eos_token_id)
         initial_loss = _mean_loss(model, eval_ids)
         loader = DataLoader(
             TensorDataset(train_ids),

@@ -31,3 +31,15 @@ def tiny_lm_dir(tmp_path_factory):
                           context_length=32, train_steps=30, batch_size=8, lr=1e-2, warmup_steps=5,
                           eval_contexts=16)
     return train_tiny_lm(tmp_path_factory.mktemp("tiny_lm"), config, progress=False, max_documents=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A briefly trained 2-layer Llama with grouped-query attention (4 query heads in 2 key/value
+    groups) and its BPE tokenizer, saved like a hub checkpoint."""
+    from lit_susc.tinylm import TinyLMConfig, train_tiny_lm
+
+    config = TinyLMConfig(architecture="llama", vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
+                          num_key_value_heads=2, intermediate_size=64, context_length=32, train_steps=30,
+                          batch_size=8, lr=1e-2, warmup_steps=5, eval_contexts=16)
+    return train_tiny_lm(tmp_path_factory.mktemp("tiny_llama"), config, progress=False, max_documents=30)

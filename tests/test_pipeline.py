@@ -142,3 +142,4 @@ def test_process_count_and_progress_bars_do_not_invalidate_a_rank_invariant_stag
     assert fingerprints("{devices: 2, strategy: ddp, enable_progress_bar: false}", "{devices: 1}") == one
     assert fingerprints("{devices: 1, accelerator: cpu}", "{devices: 1}")["sample"] != one["sample"]
     assert fingerprints("{devices: 1}", "{devices: 2}")["aux_fit"] != one["aux_fit"]
+

@@ -190,7 +190,7 @@ def cluster_graph(
                 if len(free) >= min_size and len(free) >= min_free_fraction * len(mem):
                     labels[free] = len(stats)
                     stats.append({"label": len(stats), "size": len(free), "prefix_size": len(mem),
-                                  "conductance": phi, "volume": float(vol), "seed": s, "round": rnd})
+                                  "conductance": phi, "volume": float(vol), "seed_node": s, "round": rnd})
             newly = 0  # counted per set, not by summing visited: O(N) per round is too slow at 1e7+
             for mem in [r[0] for r in results] + [batch]:
                 fresh = mem[~visited[mem]]

@@ -279,7 +279,7 @@ def _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, w
                    if v is not None}
         write_safetensors(out / "whitening.safetensors", tensors)
     write_parquet(out / "labels.parquet", tokens.append_column("label", pa.array(labels.astype(np.int64))))
-    columns = ["label", "size", "conductance", "volume", "seed", "round"]
+    columns = ["label", "size", "conductance", "volume", "seed_node", "round"]
     write_parquet(out / "clusters.parquet", pa.table({c: [s[c] for s in stats] for c in columns}))
     write_json(out / CONFIG_FILE, asdict(config))
     clustered = int((labels >= 0).sum())

@@ -22,7 +22,7 @@ from .config import ReportConfig
 
 TOKEN_COLUMNS = ("token", "context", "offset")
 """Token-table columns the report needs to show tokens in their context."""
-CLUSTER_COLUMNS = ("label", "size", "conductance", "volume", "seed", "round")
+CLUSTER_COLUMNS = ("label", "size", "conductance", "volume", "seed_node", "round")
 """clusters.parquet columns the report shows."""
 
 

@@ -183,7 +183,7 @@ def cluster_page(inputs: Inputs, clusters: list[Cluster], i: int, config: Report
     facts = _facts([
         ("size", f"{c.size} tokens ({100 * c.size / n_tokens:.2g}% of {n_tokens})"),
         ("conductance", _fmt(c.conductance)), ("volume", _fmt(c.volume)),
-        ("seed token", str(c.seed)), ("round", str(c.round)),
+        ("seed node", str(c.seed_node)), ("round", str(c.round)),
     ])
     order = np.argsort(-np.nan_to_num(np.abs(c.profile), nan=-1.0))[:8]
     components = inputs.components

@@ -46,7 +46,7 @@ class Cluster:
     size: int
     conductance: float
     volume: float
-    seed: int
+    seed_node: int
     round: int
     profile: np.ndarray
     """[n_components]: mean over the cluster's tokens (ReportConfig.profile)."""
@@ -76,7 +76,7 @@ def summarize_clusters(inputs: Inputs, config: ReportConfig) -> list[Cluster]:
     examples = cluster_examples(inputs.labels, members[1:n_clusters + 1], cluster_labels, config)
     return [Cluster(label=int(columns["label"][i]), size=int(columns["size"][i]),
                     conductance=float(columns["conductance"][i]), volume=float(columns["volume"][i]),
-                    seed=int(columns["seed"][i]), round=int(columns["round"][i]), profile=profiles[i],
+                    seed_node=int(columns["seed_node"][i]), round=int(columns["round"][i]), profile=profiles[i],
                     top_tokens=top.get(int(cluster_labels[i]), []), examples=examples[i])
             for i in range(n_clusters)]
 
