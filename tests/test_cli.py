@@ -226,3 +226,24 @@ def test_two_devices_without_a_strategy_sample_independent_chains(tiny_lm_dir, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     two, one = SusceptibilityResult.load(tmp_path / "out"), SusceptibilityResult.load(finished_run[1])
     torch.testing.assert_close(two.chi, one.chi, rtol=1e-6, atol=1e-9)
+
+
+def test_two_processes_on_a_grouped_query_llama_equal_one(tiny_llama_dir, tmp_path):
+    """DDP of independent chains on a Llama with key/value groups; oracle: the one-process run
+    (chi and the LLCs equal to float rounding)."""
+    import os
+    import subprocess
+    import sys
+
+    sample(write_config(tmp_path / "one.yaml", tiny_llama_dir, tmp_path / "one"))
+    path = write_config(tmp_path / "two.yaml", tiny_llama_dir, tmp_path / "two")
+    proc = subprocess.run([sys.executable, run.__file__, "sample", "--config", str(path), "--trainer.devices", "2"],
+                          check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = SusceptibilityResult.load(tmp_path / "one"), SusceptibilityResult.load(tmp_path / "two")
+    assert "layers.0.kv.1" in one.components and two.components == one.components
+    torch.testing.assert_close(two.chi, one.chi, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(two.chi_se, one.chi_se, rtol=1e-6, atol=1e-9)
+    for c in one.components:
+        assert abs(two.llc[c]["mean"] - one.llc[c]["mean"]) <= 1e-6 * abs(one.llc[c]["mean"])

@@ -294,3 +294,33 @@ def test_chi_with_caching_equals_chi_without(family):
         assert scale > 0, name
         assert (cached[i] - plain[i]).abs().max() <= 1e-6 * scale, name
     assert cached_calls < 0.5 * plain_calls, (cached_calls, plain_calls)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("name", ["layers.1.heads.2", "layers.1.kv.1", "layers.0.mlp"])
+def test_a_chain_moves_only_the_entries_of_its_component(family, name):
+    """Oracle: the restriction's definition. After SGLD steps of a chain of the component, every
+    entry that moved is one of its masked entries, and each of its parameters moved."""
+    from lit_susc.chains import ChainEngine
+    from lit_susc.schedule import Unit
+
+    model = tiny(family)
+    w_star = {n: p.detach().clone() for n, p in model.named_parameters()}
+    component = discover_components(model)[name]
+    optimizer = SGLDConfig(lr=1e-3, nbeta=20.0, localization=100.0).make_optimizer(list(model.parameters()))
+    ids = _ids(3)
+    engine = ChainEngine(model, per_token_loss, optimizer, lambda loss: loss.backward(), torch.device("cpu"),
+                         reference=ids, observation=[ids])
+    engine.begin(component, [Unit(0, 0, name, 0)], seed=0, state_dir=lambda unit: None)
+    for _ in range(3):
+        engine.step([ids], [None])
+    for param_name, p in model.named_parameters():
+        moved = p.detach() != w_star[param_name]
+        mask = component.get(param_name)
+        allowed = (torch.zeros_like(moved) if param_name not in component
+                   else torch.ones_like(moved) if mask is None else mask)
+        assert not (moved & ~allowed).any(), f"{param_name} moved outside {name}"
+        if param_name in component:
+            assert moved.any(), f"{param_name} of {name} did not move"
+    engine.restrict(component, lone=True)
+    assert all(torch.equal(p.detach(), w_star[n]) for n, p in model.named_parameters())

@@ -143,3 +143,17 @@ def test_process_count_and_progress_bars_do_not_invalidate_a_rank_invariant_stag
     assert fingerprints("{devices: 1, accelerator: cpu}", "{devices: 1}")["sample"] != one["sample"]
     assert fingerprints("{devices: 1}", "{devices: 2}")["aux_fit"] != one["aux_fit"]
 
+
+def test_the_pipeline_runs_on_a_grouped_query_llama(tiny_llama_dir, tmp_path):
+    """Every stage on a Llama-family model, whose kv groups are components of their own (oracle:
+    the adapter's component list, and each stage's finished record)."""
+    torch.set_num_threads(1)
+    docs = short_documents(tmp_path / "docs", n=48, chars=60)
+    run.main(["pipeline", "--config", str(_config(tmp_path, tiny_llama_dir, docs))])
+    out = tmp_path / "run"
+    for stage in STAGES[1:]:
+        assert json.loads((out / "pipeline" / f"{stage}.json").read_text())["finished"]
+    components = json.loads((out / "sample" / "result.json").read_text())["components"]
+    assert components[:7] == [*(f"layers.0.heads.{h}" for h in range(4)), "layers.0.kv.0", "layers.0.kv.1",
+                              "layers.0.mlp"]
+    assert (out / "report" / "index.html").exists()
