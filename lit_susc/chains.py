@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,29 @@ class _Loss(nn.Module):
 
     def forward(self, batch: Any) -> Tensor:
         return self.loss_fn(self.model, batch)
+
+
+@contextmanager
+def _padding_positions_detached(model: nn.Module) -> Iterator[None]:
+    """Embeddings with a ``padding_idx`` look up without it and detach the padding positions instead.
+
+    The same forward values, and no gradient from the lookup into the padding row, as
+    ``padding_idx`` gives; but under ``vmap``, embedding's backward with a ``padding_idx`` (torch
+    2.13) zeroes that row for the first chain of the batch only. A tied output head still gives
+    the row its own gradient, as it does for a lone chain.
+    """
+    padded = [(m, m.padding_idx) for m in model.modules() if isinstance(m, nn.Embedding) and m.padding_idx is not None]
+    handles = []
+    for module, pad in padded:
+        module.padding_idx = None
+        handles.append(module.register_forward_hook(
+            lambda _m, args, out, pad=pad: torch.where((args[0] == pad).unsqueeze(-1), out.detach(), out)))
+    try:
+        yield
+    finally:
+        for (module, pad), handle in zip(padded, handles, strict=True):
+            handle.remove()
+            module.padding_idx = pad
 
 
 class ChainEngine:
@@ -152,8 +176,9 @@ class ChainEngine:
             return self.loss_fn(self.model, batch)[None]
         params = {f"model.{n}": v for n, v in self._stacked.items()}
         loss = _Loss(self.model, self.loss_fn)
-        return torch.func.vmap(lambda p, b: torch.func.functional_call(loss, p, (b,)),
-                                in_dims=(0, 0 if mapped else None))(params, batch)
+        with _padding_positions_detached(self.model):
+            return torch.func.vmap(lambda p, b: torch.func.functional_call(loss, p, (b,)),
+                                    in_dims=(0, 0 if mapped else None))(params, batch)
 
     def view(self, kind: str, index: int, batch: Any) -> Any:
         """The batch as the loss reads it: its cached prefix when there is one."""

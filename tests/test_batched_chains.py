@@ -66,3 +66,28 @@ def test_batched_chains_of_a_language_model_with_prefix_caching(tiny_lm_dir):
             trainer={"accelerator": "cpu", "enable_progress_bar": False}).chi
 
     _close(chi(3), chi(1))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_batched_chains_of_an_embedding_with_a_padding_row(tied):
+    """An embedding with padding_idx gets no gradient into its padding row from the lookup (a tied
+    head still gives it one). Under vmap torch's embedding backward keeps that rule for the first
+    chain of a batch only; oracle: the chains run alone, with ids that include the padding token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=48, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=1, intermediate_size=32, max_position_embeddings=16,
+                                         pad_token_id=0, tie_word_embeddings=tied)).eval()
+    assert model.get_input_embeddings().padding_idx == 0
+    ids = lambda seed: torch.randint(0, 4, (4, 12), generator=torch.Generator().manual_seed(seed))  # pad-heavy
+
+    def chi(batch_chains):
+        return estimate_susceptibilities(
+            model, per_token_loss, [ids(1), ids(2)], [ids(3)], components=["embed"],
+            sgld=SGLDConfig(lr=1e-3, nbeta=30.0, chains=3, draws=4, burn_in=2, seed=7),
+            compute=ComputeConfig(batch_chains=batch_chains),
+            trainer={"accelerator": "cpu", "enable_progress_bar": False}).chi
+
+    _close(chi(3), chi(1))
+    assert model.get_input_embeddings().padding_idx == 0  # restored after the batched passes
