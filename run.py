@@ -11,6 +11,7 @@
     python run.py report --config ...        (the cluster browser; likewise)
     python run.py bif --config configs/bif_quickstart.yaml
     python run.py calibrate --config configs/calibrate_quickstart.yaml   (lr x nbeta x localization sweep)
+    python run.py components --pretrained Qwen/Qwen2.5-0.5B   (its 409 components, from config.json alone)
 
 Known bad input ends with one ``lit-susc: error: ...`` line and exit status 2; set
 ``LIT_SUSC_DEBUG=1`` for the full traceback.
@@ -27,6 +28,7 @@ COMMANDS = {
     "analyse": "lit_susc.analysis.stage",
     "report": "lit_susc.report.stage",
     "calibrate": "lit_susc.calibration_cli",
+    "components": "lit_susc.components_cli",
 }
 """Commands with their own parser; ``sample`` and ``bif`` are LightningCLIs (lit_susc.cli)."""
 
@@ -35,6 +37,7 @@ SUBCOMMANDS = {
     "sample": "chi, its standard error and the LLC of every component (SGLD chains)",
     "bif": "Bayesian influence functions of training samples on queries",
     "calibrate": "an lr x nbeta x localization sweep and the recommended sgld: block",
+    "components": "a model's components and their sizes, from its config alone (no weights)",
     "aux": "aux fit: learn chi's PCs from activations; aux predict: upsample to many tokens",
     "cluster": "whitening, the k-NN graph and local clustering",
     "analyse": "the leak check (CKA and Jaccard-kNN by layer)",

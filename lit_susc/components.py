@@ -43,6 +43,14 @@ def select_components(available: Mapping[str, Component], patterns: Sequence[str
     return {n: c for n, c in available.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
 
 
+def component_sizes(model: nn.Module, components: Mapping[str, Component]) -> dict[str, int]:
+    """The number of weights each component moves: whole tensors' sizes plus the True entries of masks
+    (shapes only, so a model on the meta device will do)."""
+    params = dict(model.named_parameters())
+    return {name: sum(params[p].numel() if mask is None else int(mask.sum()) for p, mask in component.items())
+            for name, component in components.items()}
+
+
 def summarize_names(names: list[str], limit: int = 12) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GPTNeoXConfig,
@@ -287,3 +288,12 @@ def load_causal_lm(
     )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     return model.eval(), tokenizer
+
+
+def load_causal_lm_on_meta(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                           trust_remote_code: bool = False) -> PreTrainedModel:
+    """A causal LM built from its config alone on the meta device: its parameters' names and shapes,
+    no weights read (only config.json is needed, so a 7B model's layout costs nothing)."""
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)

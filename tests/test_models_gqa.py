@@ -324,3 +324,23 @@ def test_a_chain_moves_only_the_entries_of_its_component(family, name):
             assert moved.any(), f"{param_name} of {name} did not move"
     engine.restrict(component, lone=True)
     assert all(torch.equal(p.detach(), w_star[n]) for n, p in model.named_parameters())
+
+
+def test_the_components_command_lists_a_model_from_its_config_alone(tmp_path, capsys):
+    """``run.py components`` on a directory holding only Qwen2.5-0.5B's config.json (no weights);
+    oracle: the count formula, and a query head's size by hand (64 q rows of 896 weights and their
+    biases, and 64 o_proj columns of 896)."""
+    import run
+    from lit_susc.components_cli import main as components
+
+    config_class, _, fields = REAL_CONFIGS["Qwen2.5-0.5B"]
+    config_class(**fields).save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    run.main(["components", "--pretrained", str(tmp_path)])
+    assert "409 components of Qwen2ForCausalLM (qwen2)" in capsys.readouterr().out
+    sizes = components(["--pretrained", str(tmp_path)])
+    assert len(sizes) == 409
+    assert sizes["layers.0.heads.0"] == 64 * 896 + 64 + 896 * 64
+    assert sizes["layers.0.kv.1"] == 2 * (64 * 896 + 64)
+    assert list(components(["--pretrained", str(tmp_path), "--components", "layers.2[0-3].kv.*"])) == [
+        f"layers.{layer}.kv.{g}" for layer in range(20, 24) for g in range(2)]
