@@ -229,11 +229,23 @@ class Pipeline:
     # -- running -----------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Errors that can be found before anything runs."""
+        """Errors that can be found before anything runs: every section parsed and its settings built
+        as its stage's command will (lit_susc.stage_cli.check_section), so that a typo in the last
+        section is found before the first stage starts."""
+        from .stage_cli import check_section
+        from .tinylm import TinyLMConfig
+
         if not self.config.sample.get("model"):
             raise ValueError("the pipeline config has no sample.model section: say which model and data to sample")
         for stage in self.stages:
-            self.stage_config(stage)
+            config = self.stage_config(stage)
+            if stage == "model":
+                try:
+                    TinyLMConfig(**config["tiny_lm"])
+                except TypeError as err:  # an unknown field
+                    raise ValueError(f"the sample.model.tiny_lm section: {err}") from err
+            else:
+                check_section(stage, config)
         self._check_upsampling()
 
     def command(self, stage: str) -> list[str]:

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+import yaml
 from tiny_runs import sample_config, short_documents, write_yaml
 
 import run
@@ -104,6 +105,32 @@ def test_an_unknown_section_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run.main(["pipeline", "--config", str(path)])
     assert "sampel" in capsys.readouterr().err
+
+
+def _merged(base: dict, change: dict) -> dict:
+    return {**base, **{k: _merged(base.get(k) or {}, v) if isinstance(v, dict) else v for k, v in change.items()}}
+
+
+@pytest.mark.parametrize("section,change,message", [
+    ("cluster", {"alhpa": 1e-3}, "the cluster section: Option 'alhpa' is not accepted"),
+    ("report", {"examples_per_cluster": "many"}, "the report section: examples_per_cluster"),
+    ("aux_fit", {"model": {"l1": "strong"}}, "the aux_fit section: model"),
+    ("sample", {"model": {"sgld": {"lr": -1e-3}}}, "the sample section: SGLDConfig.lr"),
+])
+def test_a_bad_field_in_any_section_is_refused_before_the_first_stage(tiny_lm_dir, tmp_path, capsys, section, change,
+                                                                      message):
+    """Every section is parsed by its stage's types and its settings built (their own checks) before
+    anything runs: nothing is written, and the message names the section and the field."""
+    docs = short_documents(tmp_path / "docs", n=8, chars=60)
+    config = yaml.safe_load(_config(tmp_path, tiny_lm_dir, docs).read_text())
+    config[section] = _merged(config[section], change)
+    path = write_yaml(tmp_path / "bad.yaml", config)
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["pipeline", "--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lit-susc: error:") and message in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_threads_set_every_stage_process_and_nothing_else(tmp_path):

@@ -51,10 +51,6 @@ def run_analyse_stage(config: AnalyseConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from ..stage_cli import parse_settings
 
-    parser = ArgumentParser(prog="run.py analyse", description=__doc__)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of the fields below")
-    parser.add_class_arguments(AnalyseConfig)
-    cfg = parser.parse_args(argv)
-    return run_analyse_stage(AnalyseConfig(**{f.name: cfg[f.name] for f in fields(AnalyseConfig)}))
+    return run_analyse_stage(parse_settings(AnalyseConfig, argv, "lit-susc analyse", __doc__))

@@ -15,6 +15,7 @@ output is written.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -221,7 +222,22 @@ def _write_targets(run_dir: Path, cache_dir: Path, features: np.ndarray, is_val:
                                                                 "target_scale": scale})
 
 
-def fit_aux(trainer: L.Trainer, sample_dir: str | Path, output_dir: str | Path,
+def training_settings(trainer: L.Trainer) -> dict:
+    """The Trainer's settings that change the fitted model or its validation Pearson: how long it
+    trains, on how many processes, in what precision, with what clipping, and the global seed
+    (LightningCLI's ``seed_everything``). Part of the fit's identity, so a finished fit is not taken
+    for one with other settings."""
+    seed = os.environ.get("PL_GLOBAL_SEED")  # set by lightning.seed_everything
+    return {"max_epochs": trainer.max_epochs, "min_epochs": trainer.min_epochs, "max_steps": trainer.max_steps,
+            "min_steps": trainer.min_steps, "limit_train_batches": trainer.limit_train_batches,
+            "limit_val_batches": trainer.limit_val_batches, "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "gradient_clip_val": trainer.gradient_clip_val,
+            "gradient_clip_algorithm": getattr(trainer.gradient_clip_algorithm, "value", None),
+            "precision": trainer.precision, "world_size": trainer.world_size,
+            "seed": None if seed is None else int(seed)}
+
+
+def fit_aux(trainer: L.Trainer, sample_dir: str | Path, output_dir: str | Path = "runs/aux",
             features: FeatureConfig | None = None, targets: TargetConfig | None = None,
             split: SplitConfig | None = None, model: AuxModelConfig | None = None, batch_size: int = 256,
             num_workers: int = 0, ridge: RidgeConfig | None = None, trust_remote_code: bool = False,
@@ -230,12 +246,27 @@ def fit_aux(trainer: L.Trainer, sample_dir: str | Path, output_dir: str | Path,
 
     A directory that already holds this fit's finished results is returned as it is; one holding
     another fit is refused.
+
+    Args:
+        trainer: the Lightning Trainer that runs the fit.
+        sample_dir: directory of a finished ``sample`` run (chi, tokens.parquet, run.json).
+        output_dir: where the aux model, its PCA, normalisation, aux.json and pearson.png go.
+        features: residual-stream layers and their collection.
+        targets: PCs of chi kept as targets, standardisation, whitening.
+        split: validation documents.
+        model: aux model architecture and optimiser.
+        batch_size: tokens per training batch.
+        num_workers: DataLoader worker processes.
+        ridge: the ridge baseline.
+        trust_remote_code: allow model code from the hub for the base model.
+        config_text: the resolved config, saved as config.yaml (filled in by the CLI).
     """
     features, targets = features or FeatureConfig(), targets or TargetConfig()
     split, model, ridge = split or SplitConfig(), model or AuxModelConfig(), ridge or RidgeConfig()
     run_dir, out_dir = Path(sample_dir), Path(output_dir)
     config = {"sample_dir": str(sample_dir), "features": asdict(features), "targets": asdict(targets),
-              "split": asdict(split), "model": asdict(model), "batch_size": batch_size, "ridge": asdict(ridge)}
+              "split": asdict(split), "model": asdict(model), "batch_size": batch_size, "ridge": asdict(ridge),
+              "trainer": training_settings(trainer)}
     if claim(out_dir, config, record=META_FILE, view=lambda meta: meta["config"], other="another finished aux fit",
              resumable=False) == "finished":
         print(f"lit-susc: {out_dir} already holds this aux fit's finished results; nothing to do.")
@@ -247,8 +278,7 @@ def fit_aux(trainer: L.Trainer, sample_dir: str | Path, output_dir: str | Path,
     module = AuxModel(data.features.shape[1], data.pca.n_pcs, model)
     datamodule = AuxDataModule(data.features, data.targets, data.is_val, data.feature_mean, data.feature_std,
                                batch_size=batch_size, num_workers=num_workers)
-    # The unbound call: AuxTrainer.fit is this whole stage, Trainer.fit the Lightning loop.
-    L.Trainer.fit(trainer, module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule)
     trainer.validate(module, datamodule=datamodule, verbose=False)  # the final weights' per-PC Pearson
     pearson = module.pearson
     reliability = None if data.mean_se_sq is None else pc_reliability(data.pca, data.mean_se_sq)

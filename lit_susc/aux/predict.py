@@ -24,7 +24,6 @@ but not run through the models). Memory holds one shard per rank.
 from __future__ import annotations
 
 import itertools
-import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -40,21 +39,25 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..corpus import ContextSet, Document, encode_texts, iter_texts, token_table
-from ..result import read_metadata
+from ..result import read_metadata, shard_remedy
 from ..rundir import (
     claim,
+    copy_file,
     file_digest,
     mark_finished,
     read_shards,
     read_token_table,
+    reading,
     remove_temporaries,
     shard_name,
+    stage_remedy,
+    verify,
     write_json,
     write_parquet,
     write_shard,
 )
 from ..tinylm import load_causal_lm
-from .bundle import META_FILE, PCA_FILE, AuxBundle
+from .bundle import META_FILE, NORMALIZATION_FILE, PCA_FILE, WEIGHTS_FILE, AuxBundle
 from .features import ResidualFeatures, check_same_model, model_identity
 from .pca import PCABasis
 
@@ -282,17 +285,29 @@ def finished_shards(output_dir: Path) -> frozenset[int]:
     return frozenset(int(p.name[len("shard-"):-len(".parquet")]) for p in files)
 
 
-def upsample(trainer: L.Trainer, aux_dir: str | Path, output_dir: str | Path, data: StreamConfig | None = None,
-             base_model: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
-             config_text: str | None = None) -> Path:
+def upsample(trainer: L.Trainer, aux_dir: str | Path, output_dir: str | Path = "runs/aux-predict",
+             data: StreamConfig | None = None, base_model: str | None = None, revision: str | None = None,
+             trust_remote_code: bool = False, config_text: str | None = None) -> Path:
     """Predict susceptibilities for every context of ``data`` and write them to ``output_dir``.
 
     ``base_model`` (default: the one aux.json names) may be a local copy; its config hash and
     weights must match the aux model's base model. A directory holding this prediction resumes or,
     when finished, is left as it is; one holding another prediction is refused.
+
+    Args:
+        trainer: the Lightning Trainer that runs the predictions (its ranks split the shards).
+        aux_dir: output_dir of ``aux fit``.
+        output_dir: where the predicted shards go (resumable).
+        data: text source, context length, batching and sharding.
+        base_model: load the base model from here (e.g. a local copy); default: the one in aux.json.
+        revision: hub revision of ``base_model``.
+        trust_remote_code: allow model code from the hub for the base model.
+        config_text: the resolved config, saved as config.yaml (filled in by the CLI).
     """
     data = data or StreamConfig()
     aux_dir, out = Path(aux_dir), Path(output_dir)
+    for name in (META_FILE, WEIGHTS_FILE, NORMALIZATION_FILE, PCA_FILE):  # the aux model, checked before it is used
+        verify(aux_dir / name, stage_remedy(aux_dir))
     bundle = AuxBundle.load(aux_dir)
     recorded = bundle.meta["base_model"]
     name, rev = (base_model, revision) if base_model is not None else (recorded["pretrained"], recorded["revision"])
@@ -318,8 +333,7 @@ def upsample(trainer: L.Trainer, aux_dir: str | Path, output_dir: str | Path, da
     predictor = AuxPredictor(ResidualFeatures(model, bundle.meta["layers"]), bundle)
     with warnings.catch_warnings():  # the writer needs no sampler indices, which an iterable stream lacks
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-        # The unbound call: AuxTrainer.predict is this whole stage, Trainer.predict the Lightning loop.
-        L.Trainer.predict(trainer, predictor, datamodule=stream, return_predictions=False)
+        trainer.predict(predictor, datamodule=stream, return_predictions=False)
     trainer.callbacks.remove(writer)
     trainer.strategy.barrier("lit-susc aux shards written")
     if trainer.is_global_zero:
@@ -337,13 +351,15 @@ def _write_index(out: Path, aux_dir: Path, bundle: AuxBundle, identity: dict, n_
         raise RuntimeError(f"shards {missing[:5]} of {out} were not written; run the same command again to resume")
     shards, pcs, tokens, start = [], [], [], 0
     for s in range(n_shards):
-        stop = start + pq.ParquetFile(out / shard_name("tokens", s, ".parquet")).metadata.num_rows
+        table = out / shard_name("tokens", s, ".parquet")
+        with reading(table, stage_remedy(out, delete=[table], outcome="only that shard is predicted again")) as checked:
+            stop = start + pq.ParquetFile(checked).metadata.num_rows
         shards.append({"file": shard_name("chi", s), "start": start, "stop": stop})
         pcs.append({"file": shard_name("pcs", s), "start": start, "stop": stop})
         tokens.append({"file": shard_name("tokens", s, ".parquet"), "start": start, "stop": stop})
         start = stop
     remove_temporaries(out)
-    shutil.copyfile(aux_dir / PCA_FILE, out / PCA_FILE)
+    copy_file(aux_dir / PCA_FILE, out / PCA_FILE, stage_remedy(aux_dir))
     meta = bundle.meta
     write_json(out / "result.json", {
         "source": "aux", "components": meta["components"], "convention": meta["convention"], "nbeta": meta["nbeta"],
@@ -361,10 +377,16 @@ def read_pcs(directory: str | Path, start: int = 0, stop: int | None = None, whi
     """Predicted PC scores [n_pcs, stop - start] of a finished prediction (whitened: / sqrt(variances))."""
     meta = read_metadata(directory)
     pcs = read_shards(directory, meta["pcs"]["shards"], "pcs", start, stop, rows=meta["pcs"]["n_pcs"],
+                      remedy=shard_remedy(directory, meta),
                       dtype=torch.float32)
-    return PCABasis.load(Path(directory) / PCA_FILE).whiten(pcs.T).T if whiten else pcs
+    if not whiten:
+        return pcs
+    with reading(Path(directory) / PCA_FILE, stage_remedy(directory)) as path:
+        basis = PCABasis.load(path)
+    return basis.whiten(pcs.T).T
 
 
 def read_tokens(directory: str | Path) -> pa.Table:
     """The token table of a finished prediction, all shards in order."""
-    return read_token_table(directory, read_metadata(directory)["tokens"])
+    meta = read_metadata(directory)
+    return read_token_table(directory, meta["tokens"], shard_remedy(directory, meta))

@@ -43,8 +43,18 @@ import torch
 from ..aux.bundle import PCA_FILE
 from ..aux.pca import PCABasis
 from ..covariance import direction_reliability
-from ..result import read_chi, read_chi_se, read_metadata
-from ..rundir import atomic_path, claim, mark_finished, read_token_table, write_json, write_parquet, write_safetensors
+from ..result import read_chi, read_chi_se, read_metadata, shard_remedy
+from ..rundir import (
+    atomic_path,
+    claim,
+    mark_finished,
+    read_token_table,
+    reading,
+    stage_remedy,
+    write_json,
+    write_parquet,
+    write_safetensors,
+)
 from ..statistics import MIN_VARIANCE_RATIO
 from .clustering import DEFAULT_CONDUCTANCE_THRESHOLD, DEFAULT_MAX_PUSHES, DEFAULT_SEEDS_PER_ROUND, cluster_graph
 from .knn import graph_from_knn, knn, knn_graph, row_blocks
@@ -106,6 +116,9 @@ class ClusterConfig:
 
 CONFIG_FILE = "config.json"
 """The ClusterConfig, written with the outputs: a finished directory's identity."""
+OUTPUTS = ("graph.npz", "whitening.safetensors", "labels.parquet", "clusters.parquet")
+"""What the stage writes before its config.json and summary.json: all that an unfinished directory
+of its own may hold (any other entry is a user's, and the directory is refused)."""
 # how the stage is executed, not what it computes: a finished clustering is reused across them
 _EXECUTION_FIELDS = ("devices", "accelerator")
 
@@ -177,10 +190,11 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
         raise ValueError(f"unknown accelerator {config.accelerator!r}; use 'auto', 'cpu', 'gpu' or 'cuda'")
     meta = read_metadata(run_dir)
     if claim(out, _result_settings(asdict(config)), record=CONFIG_FILE, view=_result_settings,
-             other="another clustering", resumable=False) == "finished":
+             other="another clustering", resumable=False, known=OUTPUTS) == "finished":
         print(f"lit-susc: {out} already holds this clustering; nothing to do.")
         return out
-    tokens = read_token_table(run_dir, meta.get("tokens"))  # a prediction's token shards, or tokens.parquet
+    # a prediction's token shards, or tokens.parquet
+    tokens = read_token_table(run_dir, meta.get("tokens"), shard_remedy(run_dir, meta))
     chi = read_chi(run_dir)  # [components, tokens]
     if tokens.num_rows != chi.shape[1]:
         raise ValueError(f"the token table of {run_dir} has {tokens.num_rows} rows but chi has {chi.shape[1]} "
@@ -213,7 +227,9 @@ def _chi_noise(run_dir: Path, meta: dict, chi: torch.Tensor) -> tuple[np.ndarray
             raise ValueError(f"cluster.min_pc_reliability needs the noise of chi, but {run_dir} was predicted by an aux "
                              "model fitted on a run without chi_se; refit the aux model on a current sample run or "
                              "set min_pc_reliability: 0")
-        return np.asarray(meta["mean_se_sq"]), PCABasis.load(run_dir / PCA_FILE)
+        with reading(run_dir / PCA_FILE, stage_remedy(run_dir)) as path:
+            truth = PCABasis.load(path)
+        return np.asarray(meta["mean_se_sq"]), truth
     return read_chi_se(run_dir).square().mean(1).numpy(), None
 
 
@@ -270,7 +286,8 @@ def _compute(config: ClusterConfig, X: np.ndarray, fabric, rank: int, world: int
 
 
 def _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, world) -> None:
-    with atomic_path(out / "graph.npz", suffix=".npz") as tmp:  # save_npz appends .npz to any other name
+    # save_npz appends .npz to any other name
+    with atomic_path(out / "graph.npz", suffix=".npz", checksum=True) as tmp:
         sp.save_npz(tmp, A.tocsr())
     if info is not None:
         tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in
@@ -293,10 +310,6 @@ def _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, w
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from ..stage_cli import parse_settings
 
-    parser = ArgumentParser(prog="run.py cluster", description=__doc__)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of the fields below")
-    parser.add_class_arguments(ClusterConfig)
-    cfg = parser.parse_args(argv)
-    return run_cluster_stage(ClusterConfig(**{k: cfg[k] for k in ClusterConfig.__dataclass_fields__}))
+    return run_cluster_stage(parse_settings(ClusterConfig, argv, "lit-susc cluster", __doc__))

@@ -32,17 +32,14 @@ class ReportStageConfig(ReportConfig):
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from ..stage_cli import parse_settings
 
-    parser = ArgumentParser(prog="run.py report", description=__doc__)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of the fields below")
-    parser.add_class_arguments(ReportStageConfig)
-    cfg = parser.parse_args(argv)
+    stage = parse_settings(ReportStageConfig, argv, "lit-susc report", __doc__)
     for name in ("report_dir", "cluster_dir", "sample_dir"):
-        if not cfg[name]:
+        if not getattr(stage, name):
             raise ValueError(f"report needs --{name}")
-    config = ReportConfig(**{f.name: cfg[f.name] for f in fields(ReportConfig)})
-    index = build_report(cfg.report_dir, cluster_dir=cfg.cluster_dir, sample_dir=cfg.sample_dir, aux_dir=cfg.aux_dir,
-                         analysis_dir=cfg.analysis_dir, config=config)
+    config = ReportConfig(**{f.name: getattr(stage, f.name) for f in fields(ReportConfig)})
+    index = build_report(stage.report_dir, cluster_dir=stage.cluster_dir, sample_dir=stage.sample_dir,
+                         aux_dir=stage.aux_dir, analysis_dir=stage.analysis_dir, config=config)
     print(f"\nlit-susc: cluster browser written; open {index.resolve().as_uri()}")
     return index

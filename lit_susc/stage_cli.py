@@ -1,0 +1,111 @@
+"""The settings of every stage as its command parses them, and the pipeline's check of a section.
+
+``cluster``, ``analyse`` and ``report`` take one dataclass of settings (``parse_settings``: a
+``--config`` file and one option per field). ``sample``, ``aux fit`` and ``aux predict`` are
+LightningCLIs (lit_susc.cli, lit_susc.aux.cli) whose settings are a ``trainer:`` section and the
+typed arguments of the function that builds the stage. ``check_section`` parses a pipeline
+section with the same types, and builds its dataclasses (so their own checks run), without
+loading a model or running anything: a typo in ``cluster:`` is found before the first stage starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+Settings = TypeVar("Settings")
+
+
+def settings_parser(settings: type, prog: str, description: str | None) -> ArgumentParser:
+    """``--config FILE`` and one option per field of the dataclass ``settings``."""
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of the fields below")
+    parser.add_class_arguments(settings)
+    return parser
+
+
+def parse_settings(settings: type[Settings], argv: list[str] | None, prog: str, description: str | None) -> Settings:
+    """The dataclass ``settings`` from the command line (its ``__post_init__`` checks run)."""
+    cfg = settings_parser(settings, prog, description).parse_args(argv)
+    return settings(**{f.name: cfg[f.name] for f in fields(settings)})
+
+
+def _stage_settings(stage: str) -> tuple[type | Callable, str | None, bool]:
+    """What a stage's command parses: (dataclass or builder function, the key it sits under, has a trainer)."""
+    if stage == "sample":
+        from .lm import lm_susceptibilities
+
+        return lm_susceptibilities, "model", True
+    if stage == "aux_fit":
+        from .aux.fit import fit_aux
+
+        return fit_aux, None, True
+    if stage == "aux_predict":
+        from .aux.predict import upsample
+
+        return upsample, None, True
+    if stage == "cluster":
+        from .cluster.stage import ClusterConfig
+
+        return ClusterConfig, None, False
+    if stage == "analyse":
+        from .analysis.stage import AnalyseConfig
+
+        return AnalyseConfig, None, False
+    if stage == "report":
+        from .report.stage import ReportStageConfig
+
+        return ReportStageConfig, None, False
+    raise ValueError(f"no settings known for stage {stage!r}")
+
+
+FILLED_IN = {"trainer", "config_text"}
+"""Arguments of the stage functions that their command supplies rather than the YAML."""
+
+
+def check_section(stage: str, section: dict[str, Any]) -> None:
+    """Parse ``section`` (the config the stage's command will get) and build its dataclasses; a
+    ValueError naming the stage, the key and the reason when anything is wrong."""
+    import lightning as L
+
+    settings, key, trainer = _stage_settings(stage)
+    parser = ArgumentParser(exit_on_error=False)
+    if trainer:
+        parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
+        parser.add_argument("--seed_everything", type=int | bool | None, default=None)
+    if isinstance(settings, type):
+        parser.add_class_arguments(settings, key)
+    else:
+        parser.add_function_arguments(settings, key, skip=FILLED_IN)
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
+    try:
+        instantiate(parser.parse_object(section))
+    except Exception as err:  # jsonargparse reports a failed dataclass check as whatever it raised
+        raise ValueError(f"the {stage} section: {explain(err)}") from err
+
+
+def explain(err: Exception) -> str:
+    """The reason in a jsonargparse error, without its header: a value that fits neither of ``X | None``
+    is reported as "Does not validate against any of the Union subtypes", the real reason several
+    lines down, among the subtypes' errors."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    key = next((line.removeprefix("Parser key ").rstrip(":").strip('"') for line in lines
+                if line.startswith("Parser key")), None)
+    if "Errors:" in lines:
+        errors = lines[lines.index("Errors:") + 1:]
+        errors = errors[:next((i for i, line in enumerate(errors) if line.startswith("Given value")), len(errors))]
+        errors = [line.removeprefix("- ") for line in errors if not line.startswith(("- Expected a <class 'NoneType'>",
+                                                                                     "- Problem with given class_path"))]
+    else:
+        errors = lines[1:] if key else lines
+    reasons, inner = [], None  # a nested "Parser key" names the field of the reason that follows it
+    for line in errors:
+        if line.startswith("Parser key"):
+            inner = line.removeprefix("Parser key ").rstrip(":").strip('"')
+        else:
+            reasons.append(f"{inner}: {line}" if inner else line)
+            inner = None
+    return (f"{key}: " if key else "") + "; ".join(reasons or [type(err).__name__])
