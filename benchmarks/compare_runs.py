@@ -5,7 +5,8 @@ file they share, by content: safetensors tensor by tensor (dtype, shape and byte
 by table, .npy/.npz arrays, and JSON value by value. Keys that record when, where or how long a
 run took (wall times, absolute paths, library versions) are not results and are left out; resume
 state, caches, logs, plots and the HTML report are left out too (they are derived from the files
-compared, or record time).
+compared, or record time), and so are the ``.sha256`` checksums beside the files (a run from before
+they existed has none; the files themselves are compared).
 
     python run.py pipeline --config configs/quickstart.yaml                     # on the old commit,
     mv runs/quickstart runs/quickstart-before                                   # then on the new one
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 SKIPPED_PARTS = {"state", "cache", "lightning_logs", "report", "pipeline", "wandb", "tiny_lm"}
-SKIPPED_SUFFIXES = {".png", ".html", ".md", ".yaml", ".log", ".tmp", ".csv"}
+# .sha256: the checksums beside result files (lit_susc.rundir), which a run from before them lacks
+SKIPPED_SUFFIXES = {".png", ".html", ".md", ".yaml", ".log", ".tmp", ".csv", ".sha256"}
 # JSON keys that say when, where or how long, not what was computed
 VOLATILE_KEYS = ("seconds", "time", "path", "dir", "version", "started", "host", "date", "draw_cost",
                  "created", "command")
@@ -37,8 +39,12 @@ def result_files(root: Path) -> set[Path]:
             and not SKIPPED_PARTS & set(p.relative_to(root).parts[:-1]) and p.suffix not in SKIPPED_SUFFIXES}
 
 
+# JSON keys that hold digests of files compared on their own (train_summary.json's sha256)
+DIGEST_KEYS = ("sha256",)
+
+
 def _volatile(key: str) -> bool:
-    return key.endswith("_s") or any(word in key.lower() for word in VOLATILE_KEYS)
+    return key.endswith("_s") or key in DIGEST_KEYS or any(word in key.lower() for word in VOLATILE_KEYS)
 
 
 def json_differences(a, b, where: str = "") -> list[str]:

@@ -6,10 +6,9 @@ import math
 
 import lightning as L
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lit_susc.langevin import STEP_NORMS
-from lit_susc.rundir import write_parquet
+from lit_susc.unit_state import load_unit_table, save_unit_table
 
 
 class ChainDivergedError(RuntimeError):
@@ -65,10 +64,10 @@ class DiagnosticsCallback(L.Callback):
             rows = self._rows.pop(unit.index)
             table = pa.table({"component": [unit.component] * len(rows["step"]),
                               "chain": [unit.chain] * len(rows["step"]), **rows})
-            write_parquet(pl_module.unit_dir(unit) / f"{self.state_name}.parquet", table)
+            save_unit_table(pl_module.unit_dir(unit), self.state_name, table)
 
-    @staticmethod
-    def gather(pl_module) -> pa.Table:
+    @classmethod
+    def gather(cls, pl_module) -> pa.Table:
         """All units' traces (read from disk; call on one rank after every unit is done)."""
-        tables = [pq.read_table(pl_module.unit_dir(u) / "trace.parquet") for u in pl_module.units]
+        tables = [load_unit_table(pl_module.unit_dir(u), cls.state_name) for u in pl_module.units]
         return pa.concat_tables(tables)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -10,6 +11,25 @@ from .langevin import SAMPLERS, SGLD
 from .schedule import rounds
 from .statistics import CONVENTIONS, Convention
 
+
+def _is_number(value) -> bool:
+    """A finite real number (bool is not one: YAML's yes/no must not pass as 1/0)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_number(name: str, value, *, low: float, strict: bool = False, integer: bool = False,
+                 optional: bool = False, auto: bool = False, why: str = "") -> None:
+    """Raise ValueError unless ``value`` is a finite number (a whole one with ``integer``) at or above
+    ``low`` (above it with ``strict``), or None with ``optional``; the message names the setting
+    ``name`` (as the YAML spells it) and the range it accepts."""
+    if optional and value is None:
+        return
+    kind = "a whole number" if integer else "a finite number"
+    ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) if integer else _is_number(value)
+    if not (ok and (value > low if strict else value >= low)):
+        accepted = f"{kind} {'>' if strict else '>='} {low:g}" + (" or null" if optional else "") + \
+                   (" or 'auto'" if auto else "")
+        raise ValueError(f"{name} must be {accepted}, got {value!r}" + (f": {why}" if why else ""))
 
 @dataclass
 class SGLDConfig:
@@ -25,7 +45,8 @@ class SGLDConfig:
     nbeta: float = 30.0
     """n * beta: inverse temperature times effective dataset size (devinterp's rule: B / ln B)."""
     localization: float = 300.0
-    """gamma of the prior gamma/2 * ||w - w*||^2 that keeps chains near the trained point w*."""
+    """gamma of the prior gamma/2 * ||w - w*||^2 that keeps chains near the trained point w*
+    (>= 0; 0: no localization)."""
     chains: int = 4
     """Independent chains per component, each started at w*."""
     draws: int = 100
@@ -56,7 +77,8 @@ class SGLDConfig:
     sampler: Literal["sgld", "rmsprop_sgld"] = "sgld"
     """Plain SGLD or RMSProp-preconditioned SGLD (a=0.99, eps=0.1)."""
     noise_level: float = 1.0
-    """Multiplier of the injected Gaussian noise (1 samples the tempered posterior)."""
+    """Multiplier of the injected Gaussian noise (> 0; 1 samples the tempered posterior, 0 would be
+    gradient descent, which samples nothing)."""
     weight_decay: float = 0.0
     """Coefficient of an extra L2 force weight_decay * w."""
     bounding_box: float | None = None
@@ -69,39 +91,39 @@ class SGLDConfig:
     autocorrelation time of the draws, or chi_se comes out too small."""
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field outside its range (NaN and inf included), so a bad
+        setting fails before a run writes anything (construction and ``dataclasses.replace`` call it;
+        the engine calls it again before it claims a directory, as fields can be set afterwards)."""
         for name in ("lr", "nbeta"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"SGLDConfig.{name} must be a finite number > 0, got {value!r}")
-        for name in ("localization", "noise_level", "weight_decay"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"SGLDConfig.{name} must be a finite number >= 0, got {value!r}")
-        for name in ("chains", "draws", "pilot_steps", "max_steps_between_draws"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SGLDConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("burn_in", "steps_between_draws"):
-            value = getattr(self, name)
-            if value != "auto" and not (isinstance(value, int) and value >= (0 if name == "burn_in" else 1)):
-                raise ValueError(f"SGLDConfig.{name} must be 'auto' or an integer >= {0 if name == 'burn_in' else 1}, "
-                                 f"got {value!r}")
-        if self.draws < 2:
-            raise ValueError("SGLDConfig.draws must be >= 2: a covariance needs at least two draws")
-        if self.se_block is not None and self.se_block < 1:
-            raise ValueError(f"SGLDConfig.se_block must be >= 1 or null, got {self.se_block}")
-        if self.draw_cost is not None and not (math.isfinite(self.draw_cost) and self.draw_cost >= 0):
-            raise ValueError(f"SGLDConfig.draw_cost must be a number of steps >= 0 or null, got {self.draw_cost}")
-        if self.target_reliability is not None and not 0 < self.target_reliability < 1:
-            raise ValueError(f"SGLDConfig.target_reliability must be in (0, 1) or null, got {self.target_reliability}")
+            check_number(f"sgld.{name}", getattr(self, name), low=0, strict=True)
+        check_number("sgld.noise_level", self.noise_level, low=0, strict=True, why="0 is gradient descent, which samples nothing")
+        for name in ("localization", "weight_decay"):  # 0 turns the force off
+            check_number(f"sgld.{name}", getattr(self, name), low=0)
+        check_number("sgld.draw_cost", self.draw_cost, low=0, optional=True)
+        check_number("sgld.bounding_box", self.bounding_box, low=0, strict=True, optional=True)
+        for name in ("chains", "pilot_steps", "max_steps_between_draws"):
+            check_number(f"sgld.{name}", getattr(self, name), low=1, integer=True)
+        check_number("sgld.draws", self.draws, low=2, integer=True, why="a covariance needs at least two draws")
+        check_number("sgld.seed", self.seed, low=0, integer=True)
+        check_number("sgld.se_block", self.se_block, low=1, integer=True, optional=True)
+        check_number("sgld.max_draws", self.max_draws, low=1, integer=True, optional=True)
+        if self.burn_in != "auto":
+            check_number("sgld.burn_in", self.burn_in, low=0, integer=True, auto=True)
+        if self.steps_between_draws != "auto":
+            check_number("sgld.steps_between_draws", self.steps_between_draws, low=1, integer=True, auto=True)
+        target = self.target_reliability
+        if target is not None and not (_is_number(target) and 0 < target < 1):
+            raise ValueError(f"sgld.target_reliability must be a number in (0, 1) or null, got {target!r}")
         if self.max_draws is not None and (self.max_draws < self.draws or self.max_draws % self.draws):
-            raise ValueError(f"SGLDConfig.max_draws must be a multiple of draws ({self.draws}) or null, got "
+            raise ValueError(f"sgld.max_draws must be a multiple of draws ({self.draws}) or null, got "
                              f"{self.max_draws}: each round adds draws draws")
-        if self.bounding_box is not None and not (math.isfinite(self.bounding_box) and self.bounding_box > 0):
-            raise ValueError(f"SGLDConfig.bounding_box must be a number > 0 or null, got {self.bounding_box}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"SGLDConfig.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+            raise ValueError(f"sgld.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
         if self.convention not in CONVENTIONS:
-            raise ValueError(f"SGLDConfig.convention must be one of {CONVENTIONS}, got {self.convention!r}")
+            raise ValueError(f"sgld.convention must be one of {CONVENTIONS}, got {self.convention!r}")
 
     @property
     def needs_pilot(self) -> bool:
@@ -145,10 +167,14 @@ class ComputeConfig:
     are still computed from float32 logits and accumulated in float64). L_ref stays float32."""
 
     def __post_init__(self) -> None:
-        if self.batch_chains < 1:
-            raise ValueError(f"compute.batch_chains must be >= 1, got {self.batch_chains}")
-        if self.memory_budget_gb < 0:
-            raise ValueError(f"compute.memory_budget_gb must be >= 0, got {self.memory_budget_gb}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field outside its range (as ``SGLDConfig.validate``)."""
+        check_number("compute.memory_budget_gb", self.memory_budget_gb, low=0)
+        check_number("compute.batch_chains", self.batch_chains, low=1, integer=True)
+        if not isinstance(self.prefix_cache, bool):
+            raise ValueError(f"compute.prefix_cache must be true or false, got {self.prefix_cache!r}")
         if self.observation_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute.observation_dtype must be 'float32' or 'bfloat16', got {self.observation_dtype!r}")
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .components import resolve_components
-from .config import ComputeConfig, SGLDConfig
+from .config import ComputeConfig, SGLDConfig, check_number
 from .corpus import ContextSet, iter_texts, make_contexts, token_table
 from .prefix import CachedPrefix, trunk_hidden
 from .sampler import SamplingData, SusceptibilitySampler
@@ -61,10 +61,14 @@ class TextSource:
     """Take at most this many contexts from each document (None: all), so that a fixed number of
     contexts spans more documents (the stdlib's long files otherwise fill the observation set)."""
 
-    def _check_positive(self, *names: str) -> None:
-        for name in ("context_length", *names):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+    def _check_ranges(self, *names: str) -> None:
+        """Raise ValueError naming the first field outside its range (before anything is loaded or written)."""
+        check_number("data.context_length", self.context_length, low=2, integer=True,
+                     why="a context of n tokens observes n - 1 predicted tokens")
+        for name in ("max_documents", "contexts_per_document"):
+            check_number(f"data.{name}", getattr(self, name), low=1, integer=True, optional=True)
+        for name in names:
+            check_number(f"data.{name}", getattr(self, name), low=1, integer=True)
 
 
 @dataclass
@@ -81,7 +85,7 @@ class TextDataConfig(TextSource):
     """Contexts per forward pass of the observation set."""
 
     def __post_init__(self) -> None:
-        self._check_positive("observation_contexts", "sampling_contexts", "batch_size", "observation_batch_size")
+        self._check_ranges("observation_contexts", "sampling_contexts", "batch_size", "observation_batch_size")
 
 
 @dataclass
@@ -104,7 +108,7 @@ class InfluenceDataConfig(TextSource):
     """Contexts per forward pass of the training samples and queries."""
 
     def __post_init__(self) -> None:
-        self._check_positive("sampling_contexts", "train_contexts", "query_contexts", "batch_size",
+        self._check_ranges("sampling_contexts", "train_contexts", "query_contexts", "batch_size",
                              "observation_batch_size")
         if self.train_contexts > self.sampling_contexts:
             raise ValueError(f"data.train_contexts={self.train_contexts} exceeds data.sampling_contexts="
@@ -189,6 +193,8 @@ def lm_susceptibilities(pretrained: str | None = None, revision: str | None = No
         tiny_lm: the offline model's recipe, used when ``pretrained`` is None.
         compute: memory budget, prefix caching and observation precision (never the estimate).
     """
+    # Before the model is loaded (or trained): a bad value must not cost a run's sampling.
+    check_number("shard_tokens", shard_tokens, low=1, integer=True, why="observation tokens per chi shard")
     data = data or TextDataConfig()
     run_dir = Path(output_dir)
     model, tokenizer, identity = load_lm(pretrained, revision, trust_remote_code, tiny_lm, run_dir, data)
@@ -259,6 +265,7 @@ def lm_influence(pretrained: str | None = None, revision: str | None = None, tru
         top_k: most influential training samples listed per query.
         compute: memory budget, prefix caching and observation precision (never the estimate).
     """
+    check_number("top_k", top_k, low=1, integer=True, why="training samples listed per query")
     data = data or InfluenceDataConfig()
     run_dir = Path(output_dir)
     model, tokenizer, identity = load_lm(pretrained, revision, trust_remote_code, tiny_lm, run_dir, data)

@@ -13,22 +13,33 @@ Layout of a finished run directory::
     summary.json                  written last: its presence means the run finished
 
 Nothing is pickled. Shards are read lazily (``read_chi``), so large runs need not fit in memory.
+Every file is verified against the checksum beside it when read (lit_susc.rundir, Checksums).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from .covariance import reliability as _reliability
-from .rundir import TOKENS_FILE, mark_finished, read_shards, require_finished, write_json, write_parquet, write_shard
+from .rundir import (
+    TOKENS_FILE,
+    mark_finished,
+    read_json,
+    read_parquet,
+    read_shards,
+    require_finished,
+    stage_remedy,
+    write_json,
+    write_parquet,
+    write_shard,
+)
 from .statistics import DESCRIPTIONS, check_convention, convert_chi, convert_chi_se
 
 
@@ -127,11 +138,13 @@ class SusceptibilityResult:
         chi = read_chi(directory).reshape(shape)
         has_se = all("chi_se_file" in shard for shard in meta["shards"])
         chi_se = read_chi_se(directory).reshape(shape) if has_se else None
-        tokens = pq.read_table(directory / TOKENS_FILE) if (directory / TOKENS_FILE).exists() else None
-        llc = json.loads((directory / "llc.json").read_text())
+        remedy = stage_remedy(directory)
+        tokens = read_parquet(directory / TOKENS_FILE, remedy) if (directory / TOKENS_FILE).exists() else None
+        llc = read_json(directory / "llc.json", remedy)
         diagnostics = {}
         if (directory / "diagnostics.parquet").exists():
-            diagnostics = {row.pop("component"): row for row in pq.read_table(directory / "diagnostics.parquet").to_pylist()}
+            diagnostics = {row.pop("component"): row
+                           for row in read_parquet(directory / "diagnostics.parquet", remedy).to_pylist()}
         return cls(diagnostics=diagnostics, chi=chi, components=meta["components"], convention=meta["convention"], nbeta=meta["nbeta"],
                    llc=llc, config=meta["config"], tokens=tokens, chi_se=chi_se,
                    reliability={k: float("nan") if v is None else v for k, v in meta.get("reliability", {}).items()},
@@ -146,7 +159,19 @@ def _json_floats(values: dict[str, float]) -> dict[str, float | None]:
 def read_metadata(directory: str | Path) -> dict:
     """result.json of a finished run (sampling or aux predict): components, shard index, ..."""
     require_finished(directory, "susceptibility run", "run or resume the sampling first")
-    return json.loads((Path(directory) / "result.json").read_text())
+    return read_json(Path(directory) / "result.json", stage_remedy(directory))
+
+
+def shard_remedy(directory: str | Path, meta: dict) -> Callable[[int], str]:
+    """What to do when shard i of the run ``meta`` describes (its result.json) is corrupt. A sampling
+    run writes its shards again from its units (``stage_remedy``); an aux prediction predicts again
+    the shards whose token table (its shard's marker) is missing, and only those."""
+    directory = Path(directory)
+    if meta.get("source") != "aux":
+        remedy = stage_remedy(directory)
+        return lambda i: remedy
+    return lambda i: stage_remedy(directory, delete=[directory / meta["tokens"][i]["file"]],
+                                  outcome="only that shard is predicted again")
 
 
 def read_chi(directory: str | Path, start: int = 0, stop: int | None = None,
@@ -165,4 +190,5 @@ def _read_shards(directory: str | Path, key: str, start: int, stop: int | None,
                  components: list[int] | None) -> torch.Tensor:
     meta = read_metadata(directory)
     return read_shards(directory, meta["shards"], key, start, stop, file_key="file" if key == "chi" else f"{key}_file",
-                       components=components, rows=len(components or meta["components"]), dtype=torch.float64)
+                       components=components, rows=len(components or meta["components"]), dtype=torch.float64,
+                       remedy=shard_remedy(directory, meta))

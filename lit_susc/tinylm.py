@@ -9,10 +9,11 @@ library can be exercised without the model hub. Real models go through
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, fields
@@ -35,10 +36,15 @@ from transformers import (
 )
 
 from lit_susc.corpus import load_texts, make_contexts, train_bpe_tokenizer
-from lit_susc.rundir import is_finished, write_json
+from lit_susc.rundir import CorruptFileError, is_finished, read_json, sha256_of, write_json
 
 SUMMARY_FILE = "train_summary.json"
-"""Written last into ``out_dir``: its presence marks a finished, reusable training run."""
+"""Written last into ``out_dir``: its presence marks a finished, reusable training run. Its
+``sha256`` maps each file of the model directory to the digest it was written with, checked
+whenever the model is reused."""
+TRAINING_PREFIX = ".training-"
+"""A training run works in ``out_dir/.training-<host>-<pid>-<random>/`` until it moves the model into place."""
+_TRAINING_DIR = re.compile(rf"^{re.escape(TRAINING_PREFIX)}(?P<host>.*)-(?P<pid>\d+)-[a-z0-9_]+$")
 
 
 @dataclass
@@ -177,6 +183,29 @@ def _mean_loss(model: PreTrainedModel, input_ids: torch.Tensor) -> float:
     return loss
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _remove_abandoned_training_dirs(out_dir: Path) -> None:
+    """Delete the working directories that killed training runs left in ``out_dir``: those of a
+    process of this host that no longer runs, and those named before they carried host and pid.
+    A directory of a live process, or of another host (which this one cannot ask), is kept."""
+    if not out_dir.is_dir():
+        return
+    host = socket.gethostname()
+    for path in out_dir.glob(f"{TRAINING_PREFIX}*"):
+        match = _TRAINING_DIR.match(path.name)
+        if path.is_dir() and (match is None or (match["host"] == host and not _process_alive(int(match["pid"])))):
+            shutil.rmtree(path)
+
+
 def train_tiny_lm(
     out_dir: str | os.PathLike,
     config: TinyLMConfig | None = None,
@@ -190,28 +219,37 @@ def train_tiny_lm(
     ``max_documents``), which are then cut into contexts; ``config.eval_contexts`` random ones
     are held out to report the loss before and after training in ``out_dir/train_summary.json``.
     The run happens in a temporary directory that is moved into place, with the summary written
-    last; if the summary exists the finished model is returned without retraining.
+    last; if the summary exists the finished model is returned without retraining, once every file
+    of the model directory matches the sha256 the summary records for it.
 
     Raises:
         ValueError: if ``out_dir`` holds a model trained with a different config or source.
+        CorruptFileError: if a file of the model directory differs from what was written.
     """
     config = config or TinyLMConfig()
     out_dir = Path(out_dir)
     model_dir, summary_path = out_dir / "model", out_dir / SUMMARY_FILE
+    _remove_abandoned_training_dirs(out_dir)
     recipe = {"config": config.recipe(), "source": source, "max_documents": max_documents}
+    remedy = f"delete {out_dir} and rerun the same command: the tiny LM is trained again"
     if is_finished(out_dir, SUMMARY_FILE) and model_dir.is_dir():
-        summary = json.loads(summary_path.read_text())
+        summary = read_json(summary_path, remedy)
         if {k: summary.get(k) for k in recipe} != recipe:
             raise ValueError(
                 f"{out_dir} holds a tiny LM trained with {({k: summary.get(k) for k in recipe})}, not {recipe}; "
                 "use another out_dir or delete it to retrain"
             )
+        # a summary written before checksums existed records none: its model is reused unchecked
+        for name, digest in summary.get("sha256", {}).items():
+            if not (model_dir / name).is_file() or sha256_of(model_dir / name) != digest:
+                raise CorruptFileError(f"{model_dir / name} is missing or corrupt (it differs from the sha256 "
+                                       f"{SUMMARY_FILE} records for it); {remedy}")
         return model_dir
 
     began = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path.unlink(missing_ok=True)  # a summary without its model must not mark the new run finished
-    tmp = Path(tempfile.mkdtemp(prefix=".training-", dir=out_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TRAINING_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=out_dir))
     try:
         L.seed_everything(config.seed, verbose=False)
         documents = load_texts(source, max_documents=max_documents)
@@ -260,6 +298,7 @@ def train_tiny_lm(
             "final_loss": final_loss,
             "steps": trainer.global_step,
             "seconds": time.perf_counter() - began,
+            "sha256": {f.name: sha256_of(f) for f in sorted((tmp / "model").iterdir()) if f.is_file()},
         }
         # A model directory without a summary is a leftover of an interrupted move.
         if model_dir.exists():

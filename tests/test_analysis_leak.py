@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tiny_runs import run_sample, short_documents
 from tiny_runs import write_yaml as write
 
@@ -15,6 +15,7 @@ from lit_susc.analysis import LeakConfig, knn_jaccard, linear_cka, plot_leak, ru
 from lit_susc.aux import AuxBundle, SplitConfig, document_split
 from lit_susc.aux.cli import main as aux_main
 from lit_susc.aux.fit import observation_contexts
+from lit_susc.rundir import write_safetensors
 from lit_susc.tinylm import load_causal_lm
 
 CONTEXT, OBSERVED, K = 16, 16, 5
@@ -87,7 +88,8 @@ def test_writes_the_table_the_plot_and_the_json(work):
     meta = json.loads((out / "leak.json").read_text())
     assert meta["rows"] == table.to_pylist() and meta["config"]["k"] == K
     assert meta["sample_dir"] == str(tmp / "run") and meta["aux_dir"] == str(tmp / "aux")
-    assert sorted(p.name for p in out.iterdir()) == ["leak.json", "leak.parquet", "leak.png"]  # no scratch left
+    assert sorted(p.name for p in out.iterdir()) == ["leak.json", "leak.json.sha256", "leak.parquet",
+                                                     "leak.parquet.sha256", "leak.png"]  # no scratch left
 
 
 def test_ground_truth_cka_is_linear_cka_of_the_hidden_states_and_the_aux_targets(work, oracle):
@@ -141,7 +143,7 @@ def test_a_run_the_aux_model_was_not_fit_on_is_refused(work, tmp_path):
     other = tmp_path / "run"
     shutil.copytree(tmp / "run", other)
     shard = other / "chi" / "shard-00000.safetensors"
-    save_file({"chi": load_file(str(shard))["chi"] * 2}, str(shard))
+    write_safetensors(shard, {"chi": load_file(str(shard))["chi"] * 2})  # a consistent file of another run
     with pytest.raises(ValueError, match="PCA mean is not the mean of .* training-split chi"):
         run_leak_check(other, tmp / "aux", tmp_path / "leak", CONFIG, progress=False)
     assert not (tmp_path / "leak").exists()

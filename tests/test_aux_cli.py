@@ -8,13 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tiny_runs import run_sample, short_documents
 from tiny_runs import write_yaml as write
 
 from lit_susc import read_chi
 from lit_susc.aux import AuxBundle, PCABasis, read_pcs, read_tokens
 from lit_susc.aux.cli import main as aux_main
+from lit_susc.rundir import write_json, write_parquet, write_safetensors
 
 CONTEXT, OBSERVED = 16, 8
 PREDICT = {"batch_size": 2, "shard_contexts": 3, "max_contexts": 10}
@@ -112,6 +113,7 @@ def test_an_interrupted_prediction_resumes_from_its_last_finished_shard(work, tm
     shutil.copytree(work / "pred", pred)
     for name in ("summary.json", "result.json", "chi/shard-00003.safetensors", "tokens/shard-00003.parquet"):
         (pred / name).unlink()
+        (pred / f"{name}.sha256").unlink()
     kept = {p: p.stat().st_mtime_ns for p in (pred / "tokens").iterdir()}
     config = yaml.safe_load((work / "predict.yaml").read_text())
     aux_main(["predict", "--config", str(write(tmp_path / "p.yaml", {**config, "output_dir": str(pred)}))])
@@ -136,15 +138,14 @@ def broken_copy(work, tmp_path, edit_run=None, edit_tokens=None, edit_chi=None):
     if edit_run:
         meta = json.loads((copy / "run.json").read_text())
         edit_run(meta)
-        (copy / "run.json").write_text(json.dumps(meta))
+        write_json(copy / "run.json", meta)
     if edit_tokens:
-        table = pq.read_table(copy / "tokens.parquet")
-        pq.write_table(edit_tokens(table), copy / "tokens.parquet")
+        write_parquet(copy / "tokens.parquet", edit_tokens(pq.read_table(copy / "tokens.parquet")))
     if edit_chi:
         shard = copy / "chi" / "shard-00000.safetensors"
         chi = load_file(str(shard))["chi"]
         edit_chi(chi)
-        save_file({"chi": chi}, str(shard))
+        write_safetensors(shard, {"chi": chi})
     return copy
 
 

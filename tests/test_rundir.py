@@ -45,7 +45,7 @@ def test_a_writer_that_raises_keeps_the_previous_version_and_leaves_no_temporary
         tmp.write_text('{"version": 2, "half')
         raise RuntimeError("crash mid-write")
     assert json.loads(path.read_text()) == {"version": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "result.json.sha256"]
 
 
 def test_a_first_write_that_raises_leaves_nothing(tmp_path):

@@ -58,6 +58,7 @@ __all__ = ["LeakConfig", "plot_leak", "run_leak_check"]
 
 LEAK_TABLE, LEAK_PLOT, LEAK_JSON = "leak.parquet", "leak.png", "leak.json"
 _CHI_CHUNK = 1 << 16  # tokens of chi read at a time
+_SCRATCH_PREFIX = "leak-activations-"  # the k-NN subsample's activations while the check runs
 _BACKENDS = ("auto", "keops", "torch", "sklearn")
 
 
@@ -189,8 +190,11 @@ def run_leak_check(sample_dir: str | Path, aux_dir: str | Path, output_dir: str 
     sample_dir, aux_dir, out, device = Path(sample_dir), Path(aux_dir), Path(output_dir), torch.device(device)
     identity = {"config": asdict(config), "sample_dir": str(sample_dir), "aux_dir": str(aux_dir)}
     # leak.json is both the marker and the record: the identity's keys, then the results
+    # An unfinished check of its own leaves at most its table, its plot and its scratch directory;
+    # anything else is a user's, and the directory is refused.
     if claim(out, identity, record=LEAK_JSON, marker=LEAK_JSON, other="another leak check", resumable=False,
-             view=lambda record: {k: record.get(k) for k in identity}) == "finished":
+             view=lambda record: {k: record.get(k) for k in identity},
+             known=(LEAK_TABLE, LEAK_PLOT, f"{_SCRATCH_PREFIX}*")) == "finished":
         print(f"lit-susc: {out} already holds this leak check's finished results; nothing to do.")
         return pq.read_table(out / LEAK_TABLE)
 
@@ -222,7 +226,7 @@ def run_leak_check(sample_dir: str | Path, aux_dir: str | Path, output_dir: str 
     n_pcs, hidden = truth.shape[1], tap.extractor.hidden_size
     moments = [CKAAccumulator() for _ in layers]
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix="leak-activations-") as scratch:
+    with tempfile.TemporaryDirectory(dir=out, prefix=_SCRATCH_PREFIX) as scratch:
         acts = np.lib.format.open_memmap(Path(scratch) / "activations.npy", mode="w+", dtype=np.float32,
                                          shape=(len(layers), len(subsample), hidden))
         aux_sub = np.empty((len(subsample), n_pcs), np.float64)

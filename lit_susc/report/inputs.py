@@ -7,17 +7,15 @@ belong together leave no half-built report behind.
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..result import read_metadata
-from ..rundir import read_summary, require_finished
+from ..rundir import read_json, read_parquet, read_summary, require_finished, stage_remedy
 from .config import ReportConfig
 
 TOKEN_COLUMNS = ("token", "context", "offset")
@@ -70,7 +68,8 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
     cluster_dir = _require_dir(cluster_dir, "cluster_dir")
     sample_dir = _require_dir(sample_dir, "sample_dir")
     require_finished(cluster_dir, "clustering", "run `python run.py cluster --input_dir <run>` to completion first")
-    cluster_config = _read_json(cluster_dir / "config.json", "the cluster stage writes it; rerun the stage")
+    cluster_config = _read_json(cluster_dir / "config.json", "the cluster stage writes it; rerun the stage",
+                                stage_remedy(cluster_dir))
     input_dir = clustered_run(cluster_dir, cluster_config)
     input_meta = read_metadata(input_dir)
     sample_meta = read_metadata(sample_dir)
@@ -82,7 +81,7 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
                          f"({len(input_meta['components'])} vs {len(sample_meta['components'])}); pass the sampling "
                          "run the aux model was fitted on")
 
-    labels = _read_parquet(cluster_dir / "labels.parquet")
+    labels = _read_parquet(cluster_dir / "labels.parquet", stage_remedy(cluster_dir))
     missing = [c for c in ("label", *TOKEN_COLUMNS) if c not in labels.column_names]
     if missing:
         raise ValueError(f"{cluster_dir}/labels.parquet lacks columns {missing}: the report shows tokens in their "
@@ -91,19 +90,20 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
     if labels.num_rows != input_meta["n_tokens"]:
         raise ValueError(f"{cluster_dir}/labels.parquet has {labels.num_rows} rows but the clustered run {input_dir} "
                          f"has {input_meta['n_tokens']} tokens; the clustering is not of this run (rerun the stage)")
-    clusters = _read_parquet(cluster_dir / "clusters.parquet")
+    clusters = _read_parquet(cluster_dir / "clusters.parquet", stage_remedy(cluster_dir))
     missing = [c for c in CLUSTER_COLUMNS if c not in clusters.column_names]
     if missing:
         raise ValueError(f"{cluster_dir}/clusters.parquet lacks columns {missing}; rerun the cluster stage")
     clusters = clusters.sort_by("label") if clusters.num_rows else clusters
     _check_labels(cluster_dir, labels, clusters)
 
-    traces = pq.read_table(sample_dir / "traces.parquet") if (sample_dir / "traces.parquet").exists() else None
+    traces = (read_parquet(sample_dir / "traces.parquet", stage_remedy(sample_dir))
+              if (sample_dir / "traces.parquet").exists() else None)
     aux = None
     if aux_dir is not None:
         aux_dir = _require_dir(aux_dir, "aux_dir")
         require_finished(aux_dir, "aux fit", "run `python run.py aux fit` to completion first")
-        aux = _read_json(aux_dir / "aux.json", "`aux fit` writes it")
+        aux = _read_json(aux_dir / "aux.json", "`aux fit` writes it", stage_remedy(aux_dir))
         missing = [k for k in ("pc_variances", "pearson", "ridge") if k not in aux]
         if missing:
             raise ValueError(f"{aux_dir}/aux.json lacks {missing}; is it the output of `aux fit`?")
@@ -111,14 +111,16 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
     if analysis_dir is not None:
         analysis_dir = _require_dir(analysis_dir, "analysis_dir")
         if (analysis_dir / "leak.parquet").exists():
-            leak = pq.read_table(analysis_dir / "leak.parquet")
+            # leak.json is the leak check's marker (lit_susc.analysis.leak.LEAK_JSON; that module loads models)
+            leak = read_parquet(analysis_dir / "leak.parquet", stage_remedy(analysis_dir, marker="leak.json"))
     return Inputs(
         cluster_dir=cluster_dir, sample_dir=sample_dir, input_dir=input_dir,
         aux_dir=Path(aux_dir) if aux_dir is not None else None, analysis_dir=analysis_dir,
         sample_meta=sample_meta, sample_summary=read_summary(sample_dir),
         input_meta=input_meta, cluster_config=cluster_config, cluster_summary=read_summary(cluster_dir),
         labels=labels, clusters=clusters,
-        llc=_read_json(sample_dir / "llc.json", "every finished sampling run has one"), traces=traces, aux=aux,
+        llc=_read_json(sample_dir / "llc.json", "every finished sampling run has one", stage_remedy(sample_dir)),
+        traces=traces, aux=aux,
         leak=leak,
     )
 
@@ -164,16 +166,17 @@ def _require_dir(path: str | Path, what: str) -> Path:
     return path
 
 
-def _read_json(path: Path, hint: str) -> dict:
+def _read_json(path: Path, hint: str, remedy: str) -> dict:
+    """``path``, verified (``remedy``: what to do when it is corrupt); ``hint`` says who writes it."""
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; {hint}")
-    return json.loads(path.read_text())
+    return read_json(path, remedy)
 
 
-def _read_parquet(path: Path) -> pa.Table:
+def _read_parquet(path: Path, remedy: str) -> pa.Table:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; the cluster stage writes it (rerun it)")
-    return pq.read_table(path)
+    return read_parquet(path, remedy)
 
 
 def _check_labels(cluster_dir: Path, labels: pa.Table, clusters: pa.Table) -> None:
