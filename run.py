@@ -57,9 +57,12 @@ def usage() -> str:
 def main(argv=None) -> None:
     from callbacks import ChainDivergedError
     from lit_susc.cli import main as cli_main
-    from lit_susc.pipeline import StageFailedError
+    from lit_susc.console import quiet_lightning
+    from lit_susc.pipeline import StageFailedError, end_with_the_pipeline
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    end_with_the_pipeline()
+    quiet_lightning()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return

@@ -4,6 +4,7 @@
 - :class:`LLCCallback`: per-component learning coefficients, per chain and mean/std.
 - :class:`BIFCallback`: streaming cross-covariance sums -> BIF[component, train, query].
 - :class:`DiagnosticsCallback`: loss traces, divergence detection.
+- :class:`ChainProgressBar`: the progress bar, by round, with component, chains and draw.
 """
 
 # The callbacks are built on lit_susc's core, and lit_susc's engine runs them: the package comes
@@ -14,6 +15,7 @@ import lit_susc  # noqa: F401
 from .diagnostics import ChainDivergedError, DiagnosticsCallback
 from .influence import BIFCallback
 from .llc import LLCCallback
+from .progress import ChainProgressBar
 from .susceptibility import SusceptibilityCallback
 
-__all__ = ["BIFCallback", "ChainDivergedError", "DiagnosticsCallback", "LLCCallback", "SusceptibilityCallback"]
+__all__ = ["BIFCallback", "ChainDivergedError", "ChainProgressBar", "DiagnosticsCallback", "LLCCallback", "SusceptibilityCallback"]

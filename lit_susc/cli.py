@@ -14,6 +14,7 @@ from .influence import BIFResult
 from .lm import LMInfluence, LMSusceptibilities, lm_influence, lm_susceptibilities
 from .result import SusceptibilityResult
 from .schedule import rounds
+from .stage_cli import explain
 from .strategy import IndependentChainsStrategy, chains_strategy
 
 HOW_TO_READ = """\
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else list(argv)
     with warnings.catch_warnings():  # LightningCLI warns when args and sys.argv both exist, as under run.py
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = SamplerCLI(argv[0], args=argv[1:])
+        try:
+            cli = SamplerCLI(argv[0], args=argv[1:])
+        except ValueError as err:  # a setting's own check, as jsonargparse wraps it
+            raise ValueError(explain(err)) from err
     run_command = COMMANDS[argv[0]][1]
     return run_command(cli.trainer, cli.model, config_text=cli.parser.dump(cli.config, skip_none=False))

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pyarrow as pa
 import torch
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-from callbacks.diagnostics import DiagnosticsCallback
+from callbacks.diagnostics import ChainDivergedError, DiagnosticsCallback
 from callbacks.influence import BIFCallback
 from callbacks.llc import LLCCallback
+from callbacks.progress import ChainProgressBar
 from callbacks.susceptibility import SusceptibilityCallback
 
+from .config import check_number
 from .diagnostics import diagnostics_table, warn_unconverged
 from .influence import BIFResult
 from .observables import ReferenceLoss
 from .result import SusceptibilityResult
-from .rundir import claim, tensor_digest, weights_digest, write_parquet
+from .rundir import claim, tensor_digest, weights_digest, write_parquet, write_text
 from .sampler import SusceptibilitySampler
 from .strategy import chains_strategy
 
@@ -27,6 +31,11 @@ RUN_FILE = "run.json"
 """The run's identity (``run_identity``), written when the run claims its directory."""
 RUN_ENTRIES = ("config.yaml", "state", "tiny_lm", "lightning_logs", "wandb")
 """What a run directory may hold before its run.json: the config, and what a run writes beside its outputs."""
+RUN_STATE = "state"
+"""Where a run keeps its partial work (units, pilot plans, rounds): what a run that replaces it deletes."""
+DIVERGED_FILE = "state/diverged.json"
+"""Written when a chain diverges: the run cannot finish with its settings (its seeds are fixed, so the
+same chain diverges again), and a run with corrected settings may replace it."""
 
 
 def _batch_tensors(batch: Any):
@@ -59,8 +68,9 @@ def run_identity(module: SusceptibilitySampler, extra: dict | None = None) -> di
 
 
 def with_required_callbacks(callbacks: list | None, required: list[L.Callback] | None = None) -> list:
-    """The user's callbacks plus the ones a run needs (default: a susceptibility run's), unless present."""
-    callbacks = list(callbacks or [])
+    """The user's callbacks plus the ones a run needs (default: a susceptibility run's), unless present;
+    Lightning's default progress bars become the one that names component, chain and draw."""
+    callbacks = [ChainProgressBar() if type(c) in (TQDMProgressBar, RichProgressBar) else c for c in callbacks or []]
     for callback in required if required is not None else [cls() for cls in REQUIRED_CALLBACKS]:
         if not any(isinstance(c, type(callback)) for c in callbacks):
             callbacks.append(callback)
@@ -76,7 +86,9 @@ def make_trainer(trainer: dict | None, run_dir: Path, required: list[L.Callback]
     kwargs.update(
         max_epochs=rounds, reload_dataloaders_every_n_epochs=1, enable_checkpointing=False, use_distributed_sampler=False,
         num_sanity_val_steps=0, default_root_dir=str(run_dir),
-        callbacks=with_required_callbacks(kwargs.get("callbacks"), required),
+        callbacks=with_required_callbacks(
+            [*(kwargs.get("callbacks") or []), *([ChainProgressBar()] if kwargs.get("enable_progress_bar", True) else [])],
+            required),
         strategy=chains_strategy(kwargs.get("strategy", "auto"), kwargs.get("devices", 1),
                                  kwargs.get("accelerator", "auto")),
     )
@@ -87,6 +99,18 @@ def _callback(trainer: L.Trainer, cls):
     return next(c for c in trainer.callbacks if isinstance(c, cls))
 
 
+def _left_nothing_to_keep(run_dir: Path) -> str | None:
+    """What the unfinished run in ``run_dir`` left, when a run with other settings may replace it
+    (``rundir.claim``'s ``replaceable``): it diverged, or no unit finished; None when finished units
+    would be lost."""
+    if (run_dir / DIVERGED_FILE).exists():
+        return "diverged (its chains cannot finish with those settings)"
+    # A unit is finished once its done.json exists (SusceptibilitySampler.is_done).
+    if not any((run_dir / RUN_STATE / "units").glob("*/done.json")):
+        return "had finished no unit"
+    return None
+
+
 def fit_in_run_dir(module: SusceptibilitySampler, trainer: L.Trainer, required: tuple[type, ...],
                    identity_extra: dict | None = None, config_text: str | None = None) -> bool:
     """Check the run directory, then fit (or resume); False when it already held this finished run."""
@@ -94,17 +118,26 @@ def fit_in_run_dir(module: SusceptibilitySampler, trainer: L.Trainer, required: 
     missing = [cls.__name__ for cls in required if not any(isinstance(c, cls) for c in trainer.callbacks)]
     if missing:
         raise ValueError(f"the Trainer lacks the callbacks this run needs: {', '.join(missing)}")
+    # A config's fields can be set after it was built (and checked): check them before anything is written.
+    module.sgld.validate()
+    module.compute.validate()
     # Other ranks exist only once rank 0 has checked the directory and entered fit.
     state = (claim(run_dir, run_identity(module, identity_extra), record=RUN_FILE, other="the results of another run",
-                   known=RUN_ENTRIES) if trainer.is_global_zero else "resume")
+                   known=RUN_ENTRIES, replaceable=_left_nothing_to_keep, scratch=(RUN_STATE,))
+             if trainer.is_global_zero else "resume")
     if state == "finished":
         print(f"lit-susc: {run_dir} already holds this run's finished results; nothing to do.")
         return False
+    if state == "resume" and trainer.is_global_zero:
+        # The same settings again (say with a more tolerant DiagnosticsCallback): no longer known to diverge.
+        (run_dir / DIVERGED_FILE).unlink(missing_ok=True)
     if config_text is not None and trainer.is_global_zero:
         (run_dir / "config.yaml").write_text(config_text)
     try:
         trainer.fit(module)
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, ChainDivergedError):  # only its existence is read: no checksum
+            write_text(run_dir / DIVERGED_FILE, json.dumps({"error": str(err)}))
         module.hand_back()  # Lightning skips on_train_end when a run raises (a diverging chain)
         raise
     return True
@@ -126,6 +159,7 @@ def run_sampling(module: SusceptibilitySampler, trainer: L.Trainer, tokens: pa.T
                  identity_extra: dict | None = None, config: dict | None = None,
                  config_text: str | None = None, shard_tokens: int = 1 << 20) -> SusceptibilityResult:
     """Fit (or resume, or skip when finished) and write the run's outputs; returns the result."""
+    check_number("shard_tokens", shard_tokens, low=1, integer=True, why="observation tokens per chi shard")
     run_dir = module.run_dir
 
     def write() -> SusceptibilityResult:

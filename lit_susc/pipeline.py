@@ -23,12 +23,15 @@ recomputes ``s`` and the stages after it. A stage interrupted part-way resumes w
 from __future__ import annotations
 
 import copy
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +51,8 @@ PROCESS_KEYS = frozenset({"devices", "num_nodes", "strategy"})
 MARKERS = {**dict.fromkeys(STAGES, FINISHED_MARKER), "model": SUMMARY_FILE, "analyse": LEAK_JSON, "report": INDEX}
 """The file each stage writes last into its directory: its finished marker (lit_susc.rundir)."""
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
+PARENT_VARIABLE = "LIT_SUSC_PIPELINE_PID"
+"""Set in a stage's environment: the pid of the pipeline process that started it."""
 MIN_UPSAMPLING = 4
 """aux_predict must cover at least this many times the tokens of the sample stage."""
 
@@ -101,9 +106,19 @@ class PipelineConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"pipeline config {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
         if not isinstance(raw, dict):
             raise ValueError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+        output_dir = raw.get("output_dir", cls.output_dir)
+        if not isinstance(output_dir, str) or not output_dir:
+            raise ValueError(f"{path}: output_dir must be a directory path, got {output_dir!r}")
+        if Path(output_dir).exists() and not Path(output_dir).is_dir():
+            raise ValueError(f"{path}: output_dir {output_dir} is a file, not a directory; choose another output_dir")
         unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; a pipeline config has "
@@ -211,20 +226,34 @@ class Pipeline:
         """Whether the stage's directory is finished: the stage's own marker (lit_susc.rundir.is_finished)."""
         return is_finished(self.stage_dir(stage), MARKERS[stage])
 
-    def status(self, stage: str) -> str:
-        """'finished' (same config), 'resume' (same config, interrupted), 'changed', or 'new'.
-
-        The state file holds what the stage directory cannot: the fingerprint it was run with, and
-        whether the pipeline's checks after the stage passed; the stage's directory says whether
-        it finished.
-        """
+    def _state(self, stage: str) -> dict | None:
         path = self._state_file(stage)
-        if not path.exists():
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def status(self, stage: str) -> str:
+        """'finished' (same config), 'resume' (same config, interrupted), 'changed' (another config),
+        'stale' (finished, but the stage before it was computed again since), or 'new'.
+
+        The state file holds what the stage directory cannot: the fingerprint it was run with,
+        whether the pipeline's checks after the stage passed, and which computation of the stage
+        before it (``computed``, a fresh id each time a stage finishes) it read; the stage's
+        directory says whether it finished.
+        """
+        state = self._state(stage)
+        if state is None:
             return "new"
-        state = json.loads(path.read_text())
         if state["fingerprint"] != self.fingerprint(stage):
             return "changed"
-        return "finished" if state["finished"] and self.finished(stage) else "resume"
+        if not (state["finished"] and self.finished(stage)):
+            return "resume"
+        return "finished" if state.get("upstream") == self._upstream(stage) else "stale"
+
+    def _upstream(self, stage: str) -> str | None:
+        """The ``computed`` id of the stage before ``stage`` (None for the first stage, or one that
+        has not finished)."""
+        i = self.stages.index(stage)
+        state = self._state(self.stages[i - 1]) if i > 0 else None
+        return state.get("computed") if state and state["finished"] else None
 
     # -- running -----------------------------------------------------------------------------
 
@@ -283,8 +312,10 @@ class Pipeline:
         forced = self.stages[self.stages.index(from_stage):] if from_stage else []
         for stage in self.stages:
             status = "changed" if stage in forced else self.status(stage)
-            if status == "changed":
-                print(f"lit-susc pipeline: {stage}: recomputing ({'asked' if stage in forced else 'its config or an earlier stage changed'})")
+            if status in ("changed", "stale"):
+                why = ("asked" if stage in forced else "its config or an earlier stage's changed" if status == "changed"
+                       else "the stage before it was computed again since")
+                print(f"lit-susc pipeline: {stage}: recomputing ({why})")
                 self._clear(stage)
                 status = "new"
             if status == "finished":
@@ -320,8 +351,9 @@ class Pipeline:
             self._subprocess([*self.command(stage), "--config", str(config_path)], stage)
         seconds = time.time() - start
         self._after(stage)
-        write_json(self._state_file(stage), {"stage": stage, "fingerprint": self.fingerprint(stage),
-                                             "finished": True, "seconds": round(seconds, 1)})
+        write_json(self._state_file(stage), {"stage": stage, "fingerprint": self.fingerprint(stage), "finished": True,
+                                             "seconds": round(seconds, 1), "computed": uuid.uuid4().hex,
+                                             "upstream": self._upstream(stage)})
         print(f"lit-susc pipeline: {stage}: finished in {seconds:.0f} s", flush=True)
 
     def stage_env(self) -> dict[str, str]:
@@ -334,7 +366,27 @@ class Pipeline:
         return env
 
     def _subprocess(self, args: list[str], stage: str) -> None:
-        code = subprocess.call([sys.executable, str(RUN_PY), *args], env=self.stage_env())
+        """Run a stage's command as a process of its own, ended with the pipeline: the signals that
+        stop the pipeline (SIGTERM, SIGINT, SIGHUP) are passed on to the stage's process group (its
+        DDP ranks too), and the stage gets SIGTERM if the pipeline dies without one (SIGKILL)."""
+        env = {**self.stage_env(), PARENT_VARIABLE: str(os.getpid())}
+        proc = subprocess.Popen([sys.executable, str(RUN_PY), *args], env=env, start_new_session=True)
+        write_json(self._state_file(stage), {**self._state(stage), "pid": proc.pid})
+        stopped: list[int] = []
+
+        def forward(signum, _frame) -> None:
+            stopped.append(signum)
+            os.killpg(proc.pid, signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            code = proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if stopped:
+            raise StageFailedError(f"stopped by {signal.Signals(stopped[0]).name} during stage {stage}; run the same "
+                                   "command again to resume it")
         if code != 0:
             raise StageFailedError(f"stage {stage} failed (exit status {code}; its messages are above). Fix the cause "
                                    "and run the same command again: finished stages are skipped and this one "
@@ -358,6 +410,18 @@ class Pipeline:
         if predicted < MIN_UPSAMPLING * sampled:
             raise ValueError(f"aux_predict produced {predicted} tokens, fewer than {MIN_UPSAMPLING}x the {sampled} "
                              "sampled ones: the data source ran out; give aux_predict.data a larger source")
+
+
+def end_with_the_pipeline() -> None:
+    """Called first in a stage's process that the pipeline started (``PARENT_VARIABLE`` is set):
+    receive SIGTERM when the pipeline's process dies, and stop at once if it is gone already
+    (Linux's PR_SET_PDEATHSIG; elsewhere a killed pipeline leaves its stage running)."""
+    parent = os.environ.pop(PARENT_VARIABLE, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # it died before the line above
+        sys.exit(f"lit-susc: the pipeline (pid {parent}) that started this stage is gone; run the pipeline again")
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -71,6 +71,10 @@ class ChainPlan:
         after_burn_in = step + 1 - self.burn_in
         return after_burn_in > 0 and after_burn_in % self.steps_between_draws == 0
 
+    def draws_done(self, step: int) -> int:
+        """Draws this round has kept once its SGLD step ``step`` (0-based) is taken."""
+        return max(0, step + 1 - self.burn_in) // self.steps_between_draws
+
 
 def mser_burn_in(trace: np.ndarray, batch: int = MSER_BATCH) -> tuple[int, bool]:
     """(burn-in in steps, settled) by MSER on batch means of ``trace`` (module docstring);

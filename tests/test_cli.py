@@ -247,3 +247,21 @@ def test_two_processes_on_a_grouped_query_llama_equal_one(tiny_llama_dir, tmp_pa
     torch.testing.assert_close(two.chi_se, one.chi_se, rtol=1e-6, atol=1e-9)
     for c in one.components:
         assert abs(two.llc[c]["mean"] - one.llc[c]["mean"]) <= 1e-6 * abs(one.llc[c]["mean"])
+
+
+def test_the_command_line_shows_component_chain_and_draw_and_no_lightning_noise(tiny_lm_dir, tmp_path):
+    """Oracle: the text a user sees: the bar is titled by round and names the component, chains and
+    draw; Lightning's tip and its warnings about eval mode and LeafSpec are gone."""
+    import os
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path / "c.yaml", tiny_lm_dir, tmp_path / "out", components=("layers.0.mlp",))
+    proc = subprocess.run([sys.executable, run.__file__, "sample", "--config", str(path),
+                           "--trainer.enable_progress_bar", "true"], check=False, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = proc.stdout + proc.stderr
+    assert "round 1/1" in shown and "component=layers.0.mlp" in shown and "draw=4/4" in shown
+    for noise in ("Tip:", "in eval mode", "LeafSpec"):
+        assert noise not in shown, noise

@@ -2,6 +2,11 @@
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -82,6 +87,21 @@ def test_from_stage_reruns_that_stage_and_the_later_ones_only(pipeline):
     assert [s for s in before if before[s] != after[s]] == ["cluster", "analyse", "report"]
 
 
+def test_a_stage_computed_again_makes_the_later_finished_ones_stale(pipeline, capsys):
+    """As after a killed ``--from-stage cluster``: cluster's record and directory are gone while
+    analyse and report still hold results drawn from the old labels. A plain rerun recomputes
+    cluster and then both of them (oracle: their records are rewritten; nothing earlier is)."""
+    tmp, _, config = pipeline
+    out = tmp / "run"
+    (out / "pipeline" / "cluster.json").unlink()
+    shutil.rmtree(out / "cluster")
+    before = {s: os.stat(out / "pipeline" / f"{s}.json").st_mtime_ns for s in ("aux_predict", "analyse", "report")}
+    run.main(["pipeline", "--config", str(config)])
+    after = {s: os.stat(out / "pipeline" / f"{s}.json").st_mtime_ns for s in before}
+    assert [s for s in before if before[s] != after[s]] == ["analyse", "report"]
+    assert capsys.readouterr().out.count("the stage before it was computed again since") == 2
+
+
 def test_a_changed_stage_config_reruns_it_and_the_later_ones(pipeline, tiny_lm_dir):
     tmp, docs, _ = pipeline
     before = _mtimes(tmp / "run")
@@ -131,6 +151,23 @@ def test_a_bad_field_in_any_section_is_refused_before_the_first_stage(tiny_lm_di
     err = capsys.readouterr().err
     assert err.startswith("lit-susc: error:") and message in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("output_dir: x\nsample: {model: [\n", "is not valid YAML at line 3"),
+    ("output_dir: null\n", "output_dir must be a directory path, got None"),
+    ("output_dir: {file}\n", "is a file, not a directory"),
+])
+def test_a_broken_pipeline_config_is_one_line(tmp_path, capsys, text, message):
+    (tmp_path / "a-file").write_text("mine")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace("{file}", str(tmp_path / "a-file")))
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["pipeline", "--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lit-susc: error:") and err.count("\n") == 1 and message in err, err
+    assert (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_threads_set_every_stage_process_and_nothing_else(tmp_path):
@@ -184,3 +221,42 @@ def test_the_pipeline_runs_on_a_grouped_query_llama(tiny_llama_dir, tmp_path):
     assert components[:7] == [*(f"layers.0.heads.{h}" for h in range(4)), "layers.0.kv.0", "layers.0.kv.1",
                               "layers.0.mlp"]
     assert (out / "report" / "index.html").exists()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_pipeline_ends_its_running_stage(tiny_lm_dir, tmp_path, how):
+    """SIGTERM is passed on to the stage's process group; after SIGKILL the stage gets SIGTERM from
+    the kernel (PR_SET_PDEATHSIG). Oracle: the stage's process (its pid is in the pipeline's record)
+    is gone within seconds, so no orphan keeps writing the directory."""
+    docs = short_documents(tmp_path / "docs", n=48, chars=60)
+    config = _config(tmp_path, tiny_lm_dir, docs, sample={**sample_config(tiny_lm_dir, docs, CONTEXT, observed=12)})
+    slow = yaml.safe_load(config.read_text())
+    slow["sample"]["model"]["sgld"]["draws"] = 100_000  # the stage is still running when the pipeline is killed
+    write_yaml(config, slow)
+    parent = subprocess.Popen([sys.executable, run.__file__, "pipeline", "--config", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    record = tmp_path / "run" / "pipeline" / "sample.json"
+    deadline = time.time() + 120
+    while not (record.exists() and "pid" in json.loads(record.read_text())):
+        assert parent.poll() is None and time.time() < deadline, parent.stderr.read() if parent.poll() else "timeout"
+        time.sleep(0.2)
+    stage = json.loads(record.read_text())["pid"]
+    time.sleep(8)  # well into the stage's start-up
+    parent.send_signal(how)
+    code = parent.wait(timeout=60)
+    deadline = time.time() + 60
+    while _alive(stage):
+        assert time.time() < deadline, f"stage process {stage} outlived the pipeline"
+        time.sleep(0.2)
+    if how == signal.SIGTERM:
+        assert code == 2 and "stopped by SIGTERM during stage sample" in parent.stderr.read()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for init to reap it has ended
+        return f.read().split(") ", 1)[1][0] != "Z"
