@@ -36,7 +36,8 @@ VOLATILE_KEYS = ("seconds", "time", "path", "dir", "version", "started", "host",
 
 def result_files(root: Path) -> set[Path]:
     return {p.relative_to(root) for p in root.rglob("*") if p.is_file()
-            and not SKIPPED_PARTS & set(p.relative_to(root).parts[:-1]) and p.suffix not in SKIPPED_SUFFIXES}
+            and not SKIPPED_PARTS & set(p.relative_to(root).parts[:-1]) and p.suffix not in SKIPPED_SUFFIXES
+            and p.name != ".lock"}
 
 
 # JSON keys that hold digests of files compared on their own (train_summary.json's sha256)
@@ -74,6 +75,16 @@ def array_difference(a: np.ndarray, b: np.ndarray) -> str | None:
     return "values differ"
 
 
+def column_difference(a, b) -> str | None:
+    """Numeric columns compared by their bytes (a NaN where the draws are not taken equals itself),
+    others by value."""
+    import pyarrow as pa
+
+    if pa.types.is_floating(a.type) or pa.types.is_integer(a.type):
+        return array_difference(a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False))
+    return None if a.equals(b) else "values differ"
+
+
 def compare_file(a: Path, b: Path) -> list[str]:
     """What differs between two result files (empty: identical)."""
     if a.suffix == ".safetensors":
@@ -89,8 +100,8 @@ def compare_file(a: Path, b: Path) -> list[str]:
         x, y = pq.read_table(a), pq.read_table(b)
         if x.schema.names != y.schema.names:
             return [f"columns {x.schema.names} != {y.schema.names}"]
-        return [f"column {name}" for name in x.schema.names
-                if not _volatile(name) and not x.column(name).equals(y.column(name))]
+        return [f"column {name}: {d}" for name in x.schema.names
+                if not _volatile(name) and (d := column_difference(x.column(name), y.column(name)))]
     if a.suffix == ".npy":
         d = array_difference(np.load(a), np.load(b))
         return [d] if d else []

@@ -39,7 +39,7 @@ import yaml
 
 from .analysis.leak import LEAK_JSON
 from .report.browser import INDEX
-from .rundir import FINISHED_MARKER, is_finished, json_digest, read_summary, write_json
+from .rundir import FINISHED_MARKER, hold, is_finished, json_digest, read_summary, write_json
 from .tinylm import SUMMARY_FILE
 
 STAGES = ("model", "sample", "aux_fit", "aux_predict", "cluster", "analyse", "report")
@@ -308,7 +308,7 @@ class Pipeline:
             raise ValueError(f"--from-stage {from_stage!r} is not a stage of this pipeline; stages: "
                              f"{', '.join(self.stages)}")
         self.check()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        hold(self.state_dir)  # two pipelines into one output_dir would clear each other's stages
         forced = self.stages[self.stages.index(from_stage):] if from_stage else []
         for stage in self.stages:
             status = "changed" if stage in forced else self.status(stage)

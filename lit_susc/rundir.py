@@ -60,6 +60,7 @@ Digests
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
 import itertools
@@ -67,6 +68,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -290,8 +292,45 @@ def require_finished(directory: str | Path, what: str, hint: str, marker: str = 
 
 
 def mark_finished(directory: str | Path, summary: dict, marker: str = FINISHED_MARKER) -> None:
-    """Write the marker (``summary`` as JSON): call it after every other output is written."""
+    """Write the marker (``summary`` as JSON): call it after every other output is written. The
+    directory's lock (``hold``) is let go: a finished directory is only read from now on."""
     write_json(Path(directory) / marker, summary)
+    release(directory)
+
+
+LOCK_FILE = ".lock"
+"""In a directory a process writes: it holds an exclusive ``flock`` on it (``hold``)."""
+_HELD: dict[Path, int] = {}
+"""The directories this process holds, with the descriptor of each one's lock file."""
+
+
+def hold(directory: str | Path) -> None:
+    """Hold ``directory`` for this process, so that no other process writes it at the same time: an
+    exclusive ``flock`` on ``<directory>/.lock``, which the kernel lets go when the process ends,
+    killed or not (no stale lock survives its holder). Held until ``release`` or the process's end;
+    holding it again is a no-op. A directory another process holds is a RunDirectoryError naming it."""
+    directory = Path(directory).resolve()
+    if directory in _HELD:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirectoryError(f"{directory} is being written by {holder}; wait for it to finish or stop it, "
+                                "or choose another output directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+    _HELD[directory] = fd
+
+
+def release(directory: str | Path) -> None:
+    """Let go of a directory this process holds (nothing when it holds none)."""
+    fd = _HELD.pop(Path(directory).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor ends its flock
 
 
 def read_summary(directory: str | Path) -> dict:
@@ -332,6 +371,8 @@ def claim(directory: str | Path, identity: dict, *, record: str, other: str,
             a fresh directory holds foreign entries.
     """
     directory = Path(directory)
+    if write:
+        hold(directory)
     finished = is_finished(directory, marker)
     path = directory / record
     if path.exists() and (resumable or finished):
@@ -353,7 +394,7 @@ def claim(directory: str | Path, identity: dict, *, record: str, other: str,
     if known is not None and directory.exists():
         allowed = [*known, *([record] if resumable or _holds_own_record(path, identity, view) else [])]
         foreign = sorted(p.name for p in directory.iterdir()
-                         if not _is_known_entry(p.name, allowed) and not _orphan_checksum(p))
+                         if p.name != LOCK_FILE and not _is_known_entry(p.name, allowed) and not _orphan_checksum(p))
         if foreign:
             raise RunDirectoryError(f"{directory} is not empty and holds no run of this stage "
                                     f"({', '.join(foreign[:5])}); choose a new output directory, or move "

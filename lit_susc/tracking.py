@@ -94,7 +94,7 @@ def stage_record(pipeline, stage: str) -> tuple[dict[str, float], dict[str, Path
                    **({f"{stage}/noise_ceiling_mean": aux["noise_ceiling_mean"]} if "noise_ceiling_mean" in aux else {})}
         images["aux_fit/pearson"] = d / "pearson.png"
         images["aux_fit/pca_variance"] = plots.plot_pca_variance(aux["pc_variances"], figures / "pca_variance.png")
-        tables["aux_fit/pearson"] = pa.table({"pc": list(range(len(aux["pearson"]))), "aux": aux["pearson"],
+        tables["aux_fit/pearson"] = pa.table({"pc": list(range(1, len(aux["pearson"]) + 1)), "aux": aux["pearson"],
                                               "ridge": aux["ridge"]["pearson"]})
     elif stage == "aux_predict":
         metrics = _numbers(read_summary(d), stage)

@@ -265,3 +265,25 @@ def test_the_command_line_shows_component_chain_and_draw_and_no_lightning_noise(
     assert "round 1/1" in shown and "component=layers.0.mlp" in shown and "draw=4/4" in shown
     for noise in ("Tip:", "in eval mode", "LeafSpec"):
         assert noise not in shown, noise
+
+
+def test_a_second_sample_into_a_directory_being_written_is_refused(tiny_lm_dir, tmp_path, capsys):
+    """Two processes never write one run directory (oracle: the first process's pid in the refusal;
+    without the lock both would compute every unit)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path / "c.yaml", tiny_lm_dir, tmp_path / "out", sgld={"draws": 100_000})
+    first = subprocess.Popen([sys.executable, run.__file__, "sample", "--config", str(path)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "out" / "run.json").exists():
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        fails_with(path, capsys, f"is being written by process {first.pid}")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()

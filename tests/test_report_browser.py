@@ -26,7 +26,16 @@ from lit_susc import SusceptibilityResult
 from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
 from lit_susc.report import ReportConfig, build_report, pages
 from lit_susc.report.pages import visible
-from lit_susc.report.statistics import cluster_profiles, context_windows, frequent_tokens
+from lit_susc.report.statistics import (
+    IDENTITY_PURITY,
+    cluster_profiles,
+    context_windows,
+    frequent_tokens,
+    token_identity,
+    token_types,
+    top_token_counts,
+)
+from lit_susc.rundir import write_json
 
 COMPONENTS = [f"layers.{l}.heads.{h}" for l in range(2) for h in range(3)] + [
     "layers.0.mlp", "layers.1.mlp", "embed", "unembed"]
@@ -204,7 +213,7 @@ def test_the_url_hash_sorts_by_conductance_and_filters_by_frequent_token(work, t
     conductance = [float(r["data-conductance"]) for r in dom.rows()]
     assert conductance == sorted(conductance) and len(conductance) == len(work["clusters"])
     headers = {a["data-sort"]: a.get("aria-sort") for t, a in dom.tags if t == "th" and "data-sort" in a}
-    assert headers == {"label": "none", "size": "none", "conductance": "ascending"}
+    assert headers == {"label": "none", "size": "none", "conductance": "ascending", "purity": "none"}
 
     dom = Elements(chromium(tmp_path, work["index"].as_uri() + "#q=THE", "--dump-dom"))
     shown = {int(r["data-label"]) for r in dom.rows() if "hidden" not in r}
@@ -253,7 +262,9 @@ def test_token_text_is_escaped_and_whitespace_is_visible(work):
 def test_every_relative_link_and_image_resolves_to_a_file_and_nothing_is_fetched_from_the_network(work):
     report = work["index"].parent
     pages = sorted(report.rglob("*.html"))
-    assert len(pages) == 1 + len(work["clusters"])
+    documents = set(work["labels"].column("doc_id").to_pylist())
+    assert len(pages) == 1 + len(work["clusters"]) + len(list((report / "documents").glob("*.html")))
+    assert {int(p.stem) for p in (report / "documents").glob("*.html")} <= documents
     for page in pages:
         dom = Elements(page.read_text())
         for tag, attrs in dom.tags:
@@ -272,9 +283,10 @@ def test_every_relative_link_and_image_resolves_to_a_file_and_nothing_is_fetched
 def test_cluster_pages_link_back_to_the_index_and_to_their_neighbours(work):
     labels = [c["label"] for c in work["clusters"]]
     for i, label in enumerate(labels):
-        links = {a.get("rel"): a["href"] for t, a in
-                 Elements((work["index"].parent / "clusters" / f"{label}.html").read_text()).tags if t == "a"}
-        assert "../index.html" in links.values()
+        anchors = [a for t, a in Elements((work["index"].parent / "clusters" / f"{label}.html").read_text()).tags
+                   if t == "a" and "href" in a]
+        links = {a["rel"]: a["href"] for a in anchors if "rel" in a}
+        assert "../index.html" in {a["href"] for a in anchors}
         assert links.get("prev") == (f"{labels[i - 1]}.html" if i > 0 else None)
         assert links.get("next") == (f"{labels[i + 1]}.html" if i + 1 < len(labels) else None)
 
@@ -307,6 +319,144 @@ def test_index_is_written_last(work):
     others = [p for p in report.rglob("*") if p.is_file() and p != work["index"]]
     assert max(p.stat().st_mtime_ns for p in others) <= work["index"].stat().st_mtime_ns
     assert not list(report.rglob("*.tmp*"))
+
+
+GLOSSARY_TERMS = ("size", "conductance", "volume", "seed-node", "round", "purity", "coverage", "baseline", "profile",
+                  "examples", "good")
+
+
+def _glossary(text: str) -> dict[str, str]:
+    """glossary anchor -> the visible text of its definition, from the index's <dl class="glossary">."""
+    dl = re.search(r'<dl class="glossary">(.*?)</dl>', text, re.DOTALL).group(1)
+    return {m.group(1): html.unescape(re.sub(r"<[^>]+>", "", m.group(2))).strip()
+            for m in re.finditer(r'<dt id="g-([^"]+)">.*?</dt><dd>(.*?)</dd>', dl, re.DOTALL)}
+
+
+def test_the_glossary_defines_every_term_and_every_cluster_page_links_to_it(work):
+    entries = _glossary(work["index"].read_text(encoding="utf-8"))
+    assert set(GLOSSARY_TERMS) <= set(entries)
+    assert all(len(entries[t]) > 40 for t in GLOSSARY_TERMS)
+    assert "cut(S) / min(vol S, vol G − vol S)" in entries["conductance"] and "0.2 here" in entries["conductance"]
+    assert "personalized PageRank" in entries["seed-node"] and "by token text" in entries["purity"]
+    assert "min_size (10)" in entries["good"] and "purity below 1" in entries["good"]
+    for c in work["clusters"]:
+        links = {a["href"] for t, a in Elements((work["index"].parent / "clusters" / f"{c['label']}.html").read_text())
+                 .tags if t == "a" and "href" in a}
+        assert "../index.html#glossary" in links
+        assert {f"../index.html#g-{t}" for t in ("size", "conductance", "volume", "seed-node", "round", "purity",
+                                                  "coverage", "profile", "examples")} <= links
+
+
+def test_the_contents_at_the_top_link_to_every_section_and_plot_and_the_plots_come_before_the_table(work):
+    text = work["index"].read_text(encoding="utf-8")
+    nav = re.search(r'<nav id="contents".*?</nav>', text, re.DOTALL)
+    assert nav.start() < text.index('<h2 id="run">')  # the first thing after the title
+    links = [a["href"] for t, a in Elements(nav.group(0)).tags if t == "a"]
+    ids = Elements(text).ids()
+    assert all(h.startswith("#") and h[1:] in ids for h in links), [h for h in links if h[1:] not in ids]
+    figures = {a["id"] for t, a in Elements(text).tags if t == "figure"}
+    assert figures and {f"#{f}" for f in figures} <= set(links)
+    assert {"#run", "#token-identity", "#plots", "#glossary", "#clusters", "#leak-table"} <= set(links)
+    table = text.index('id="cluster-table"')
+    assert all(text.index(f'id="{f}"') < table for f in figures)
+
+
+def test_purity_on_the_index_and_each_page_is_the_hand_counted_share_of_the_most_frequent_token(work):
+    """Oracle: collections.Counter over each cluster's token texts in labels.parquet."""
+    from collections import Counter
+
+    rows = {int(r["data-label"]): r for r in Elements(work["index"].read_text(encoding="utf-8")).rows()}
+    for c in work["clusters"]:
+        ((_, n),) = Counter(members(work, c["label"])).most_common(1)
+        assert float(rows[c["label"]]["data-purity"]) == pytest.approx(n / c["size"])
+        page = (work["index"].parent / "clusters" / f"{c['label']}.html").read_text(encoding="utf-8")
+        assert f'<span id="purity">{n / c["size"]:.2f}</span>' in page
+        assert f"is {n} of its {c['size']} tokens" in page
+
+
+def test_purity_coverage_and_ties_on_a_mixed_hand_counted_table():
+    """Oracle: counted by hand. Cluster 0: a a b (purity 2/3); 1: b c c c a (3/5); 2: y x (a tie: 'x',
+    the first in text order, as frequent_tokens lists it); 'a' occurs 5 times in all, 2 of them in cluster 0."""
+    tokens = ["a", "a", "b", "b", "c", "c", "c", "a", "y", "x", "a", "a"]
+    index = np.array([0, 0, 0, 1, 1, 1, 1, 1, 2, 2, -1, -1])
+    types, texts = token_types(pa.table({"token": tokens}))
+    assert texts == sorted(set(tokens)) and [texts[t] for t in types] == tokens
+    count, top = top_token_counts(types, index, 3)
+    assert count.tolist() == [2, 3, 1] and [texts[t] for t in top] == ["a", "c", "x"]
+    assert np.bincount(types)[top[0]] == 5  # coverage of cluster 0: 2 / 5
+    table = pa.table({"label": index, "token": tokens})
+    assert [frequent_tokens(table, 1)[k][0][0] for k in range(3)] == ["a", "c", "x"]
+
+
+def test_the_token_identity_baseline_tells_single_token_clusters_from_mixed_ones():
+    """Four clusters of 60 tokens of two texts: one text each (purity 1) or half and half (purity 0.5)."""
+    single = np.repeat([0, 1, 0, 1], 60)
+    mixed = np.tile([0, 1], 120)
+    index = np.repeat(np.arange(4), 60)
+    for types, purity, identity_clusters in ((single, 1.0, 4), (mixed, 0.5, 0)):
+        count, _ = top_token_counts(types, index, 4)
+        baseline = token_identity(types, index, count, seed=0)
+        assert baseline.mean_purity == purity and baseline.identity_clusters == identity_clusters
+        # shuffled labels: about half of each cluster is its most frequent text, a little more by chance
+        assert 0.5 <= baseline.shuffled_purity < 0.65
+    assert token_identity(single, index, top_token_counts(single, index, 4)[0], seed=0).identity_score == 1.0
+    assert abs(token_identity(mixed, index, top_token_counts(mixed, index, 4)[0], seed=0).identity_score) < 0.3
+    same = np.zeros(240, np.int64)
+    assert np.isnan(token_identity(same, index, top_token_counts(same, index, 4)[0], seed=0).identity_score)
+    assert IDENTITY_PURITY == 0.8
+
+
+def test_the_index_states_the_token_identity_baseline_of_the_run(work):
+    """The planted groups are one token each: every cluster is a token type."""
+    text = html.unescape(re.sub(r"<[^>]+>", "", re.search(r'<p id="identity-summary">(.*?)</p>',
+                                                          work["index"].read_text(encoding="utf-8"), re.DOTALL).group(1)))
+    n = len(work["clusters"])
+    assert f"{n} of {n} clusters (100%) are one token type (purity ≥ 0.8)" in text
+    assert "Mean purity" in text and ": 1.00;" in text and "token identity alone would have 1.00" in text
+
+
+def test_each_example_links_to_its_row_on_its_document_page_which_links_back(work):
+    """Oracle: labels.parquet's doc_id, document and position of each example's row."""
+    labels = work["labels"].to_pydict()
+    report = work["index"].parent
+    for c in work["clusters"]:
+        page = report / "clusters" / f"{c['label']}.html"
+        links = [a for t, a in Elements(page.read_text(encoding="utf-8")).tags
+                 if t == "a" and a.get("href", "").startswith("../documents/")]
+        assert len(links) == min(c["size"], ReportConfig().examples_per_cluster)
+        for a in links:
+            m = re.fullmatch(r"\.\./documents/(\d+)\.html#t(\d+)", a["href"])
+            doc, row = int(m.group(1)), int(m.group(2))
+            assert labels["label"][row] == c["label"] and labels["doc_id"][row] == doc
+            assert a["title"] == f"labels.parquet row {row}"
+            target = (report / "documents" / f"{doc}.html").read_text(encoding="utf-8")
+            shown = re.search(rf'<tr id="t{row}"><td class="where">(.*?)</td>', target).group(1)
+            assert f"position {labels['position'][row]} " in shown
+            assert f'href="../clusters/{c["label"]}.html#t{row}"' in shown
+            assert f"Document {labels['document'][row]}" in target
+        rows = {a["id"] for t, a in Elements(page.read_text(encoding="utf-8")).tags if t == "tr" and "id" in a}
+        assert {"t" + a["href"].rsplit("#t", 1)[1] for a in links} == rows  # each example's own row is anchored
+
+
+def test_a_shared_profile_scale_gives_every_cluster_page_the_same_colour_range(work, tmp_path):
+    """Oracle: the default pages, whose ranges are each cluster's own max |profile|; shared, every page takes the largest."""
+    def ranges(report: Path) -> dict[int, tuple[float, float]]:
+        out = {}
+        for c in work["clusters"]:
+            svg = re.search(r'<svg [^>]*data-vmin="([^"]+)" data-vmax="([^"]+)"',
+                            (report / "clusters" / f"{c['label']}.html").read_text(encoding="utf-8"))
+            out[c["label"]] = (float(svg.group(1)), float(svg.group(2)))
+        return out
+
+    own = ranges(work["index"].parent)
+    assert len(set(own.values())) > 1 and all(lo == -hi for lo, hi in own.values())
+    build_report(tmp_path / "shared", cluster_dir=work["run"] / "clusters", sample_dir=work["run"],
+                 config=ReportConfig(shared_profile_scale=True))
+    shared = ranges(tmp_path / "shared")
+    bound = max(hi for _, hi in own.values())
+    assert set(shared.values()) == {(-bound, bound)}
+    assert "One colour scale for every cluster page" in (tmp_path / "shared" / "clusters" /
+                                                         f"{work['clusters'][0]['label']}.html").read_text()
 
 
 # ----------------------------------------------------------------------------- what is computed
@@ -355,7 +505,7 @@ def test_a_clustering_of_aux_predicted_chi_is_reported_with_its_own_token_table(
         pq.write_table(table.slice(start, 300), predicted / name)
         shards.append({"file": name, "start": start, "stop": start + 300})
     meta = json.loads((predicted / "result.json").read_text())
-    (predicted / "result.json").write_text(json.dumps({**meta, "source": "aux", "tokens": shards}))
+    write_json(predicted / "result.json", {**meta, "source": "aux", "tokens": shards})  # with its checksum
     clusters = tmp_path / "predict-clusters"
     run_cluster_stage(ClusterConfig(input_dir=str(predicted), output_dir=str(clusters), **CLUSTERING), progress=False)
     index = build_report(tmp_path / "report", cluster_dir=clusters, sample_dir=work["run"], aux_dir=work["aux"])

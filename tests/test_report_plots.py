@@ -7,8 +7,15 @@ import pyarrow as pa
 import pytest
 
 from lit_susc.report.plots import (
+    PC_AXIS_LABEL,
+    color_limits,
     component_grid,
+    component_map_figure,
     component_map_svg,
+    component_panels,
+    pc_ticks,
+    pca_variance_figure,
+    pearson_figure,
     plot_cluster_sizes,
     plot_component_map,
     plot_llc_heatmap,
@@ -169,3 +176,77 @@ def test_the_inline_svg_map_has_one_cell_per_component_where_the_grid_puts_it():
     assert cells[COMPONENTS[2]].get("fill") == matplotlib.colors.to_hex("lightgrey")
     with pytest.raises(ValueError, match="values for"):
         component_map_svg(values[:-1], COMPONENTS, label="x")
+
+
+def _llc_values(heads=(0.2, 1.4), mlps=(4.7, 17.0), embed=41.0, unembed=40.0):
+    """LLC-like values of COMPONENTS: heads spread over ``heads``, MLPs, embed and unembed far above them."""
+    values = dict(zip([c for c in COMPONENTS if "heads" in c], np.linspace(*heads, 6)))
+    values.update({"layers.0.mlp": mlps[0], "layers.1.mlp": mlps[1], "embed": embed, "unembed": unembed})
+    return [values[c] for c in COMPONENTS]
+
+
+def test_split_by_kind_the_heads_colour_scale_excludes_the_mlps_and_embeddings():
+    """Oracle: the values planted per kind; heads 0.2-1.4 against embed's 41 (the quickstart's LLC spread)."""
+    panels = {p.kind: p for p in component_panels(_llc_values(), COMPONENTS, by_kind=True)}
+    assert list(panels) == ["heads", "mlps", "others"]
+    assert panels["heads"].limits == (0.0, pytest.approx(1.4))  # non-negative values: from 0 to the kind's largest
+    assert panels["mlps"].limits == (0.0, 17.0) and panels["others"].limits == (0.0, 41.0)
+    assert panels["mlps"].names == ["layers.0.mlp", "layers.1.mlp"] and panels["others"].names == ["embed", "unembed"]
+    # one scale (the reliability map): every panel spans all values
+    shared = component_panels(_llc_values(), COMPONENTS)
+    assert [p.kind for p in shared] == ["heads", "strip"] and {p.limits for p in shared} == {(0.2, 41.0)}
+    # signed values split by kind stay centred on 0
+    signed = {p.kind: p.limits for p in component_panels(np.linspace(-2, 3, len(COMPONENTS)), COMPONENTS,
+                                                         diverging=True, by_kind=True)}
+    assert all(lo == -hi for lo, hi in signed.values())
+
+
+def test_the_llc_figure_colours_each_kind_on_its_own_scale(tmp_path):
+    """Oracle: component_panels' limits, read back from the images' colour norms."""
+    fig = component_map_figure(_llc_values(), COMPONENTS, title="LLC", colorbar_label="LLC", by_kind=True)
+    norms = [(ax.get_title(loc="left"), ax.images[0].norm.vmax) for ax in fig.axes if ax.images]
+    assert norms == [("heads", pytest.approx(1.4)), ("MLPs", 17.0), ("embeddings and others", 41.0)]
+    llc = {c: {"mean": v, "per_chain": [v, v]} for c, v in zip(COMPONENTS, _llc_values())}
+    _assert_png(plot_llc_heatmap(llc, COMPONENTS, tmp_path / "llc.png"))
+
+
+def test_layer_axes_have_one_integer_tick_per_layer():
+    many = [f"layers.{l}.heads.{h}" for l in range(7) for h in range(2)] + [f"layers.{l}.mlp" for l in range(7)]
+    for by_kind in (False, True):
+        fig = component_map_figure(np.arange(len(many), dtype=float), many, title="t", colorbar_label="c",
+                                   by_kind=by_kind)
+        heads = next(ax for ax in fig.axes if ax.get_ylabel() == "layer")
+        assert heads.get_yticks().tolist() == list(range(7))
+        assert [t.get_text() for t in heads.get_yticklabels()] == [str(k) for k in range(7)]
+        assert heads.get_xticks().tolist() == [0, 1]
+        strip = [t.get_text() for ax in fig.axes if ax.images and ax is not heads for t in ax.get_xticklabels()]
+        assert strip == [f"mlp {k}" for k in range(7)]
+
+
+def test_every_pc_axis_is_numbered_from_pc1_the_same_way():
+    """The PCA and Pearson figures share one PC axis (pc_ticks): PC k at x = k, no tick at 0."""
+    assert pc_ticks(4) == ([1, 2, 3, 4], ["PC1", "PC2", "PC3", "PC4"])
+    assert pc_ticks(22)[0] == [1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22]
+    assert pc_ticks(250)[0] == [1, 50, 100, 150, 200, 250]
+    for n in (4, 22, 250):
+        axes = [pca_variance_figure(np.geomspace(10, 0.1, n)).axes[0],
+                pearson_figure(np.full(n, 0.5), np.full(n, 0.4), np.full(n, 0.7)).axes[0]]
+        for ax in axes:
+            assert ax.get_xticks().tolist() == pc_ticks(n)[0]
+            assert [t.get_text() for t in ax.get_xticklabels()] == pc_ticks(n)[1]
+            assert ax.get_xlabel() == PC_AXIS_LABEL and ax.get_xlim()[0] > 0
+
+
+def test_a_fixed_colour_range_is_kept_and_recorded_by_the_inline_svg():
+    """Values beyond a shared range take its end colours; the range is on the <svg> as data-vmin/data-vmax."""
+    import xml.etree.ElementTree as ET
+
+    values = np.linspace(-1, 1, len(COMPONENTS))
+    values[0] = -5.0
+    svg = ET.fromstring(component_map_svg(values, COMPONENTS, label="z", diverging=True, limits=(-2.0, 2.0)))
+    assert (svg.get("data-vmin"), svg.get("data-vmax")) == ("-2.0", "2.0")
+    ns = "{http://www.w3.org/2000/svg}"
+    fill = {r.find(f"{ns}title").text.split(": ")[0]: r.get("fill") for r in svg.iter(f"{ns}rect")
+            if r.find(f"{ns}title") is not None}
+    assert fill[COMPONENTS[0]] == matplotlib.colors.to_hex(matplotlib.colormaps["RdBu_r"](0.0))
+    assert color_limits(values, diverging=True) == (-5.0, 5.0) and color_limits([3.0, 3.0], diverging=False) == (3.0, 4.0)

@@ -238,3 +238,42 @@ def test_a_file_digest_is_that_of_the_files_one_after_the_other(tmp_path):
     (tmp_path / "b").write_bytes(b"result")
     (tmp_path / "ab").write_bytes(b"runresult")
     assert file_digest(tmp_path / "a", tmp_path / "b") == file_digest(tmp_path / "ab")
+
+
+def _holder(directory):
+    """A process that holds ``directory`` and waits to be killed."""
+    import subprocess
+    import sys
+
+    code = f"from lit_susc.rundir import hold; import time; hold({str(directory)!r}); print('held', flush=True); time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_directory_another_process_holds_is_refused_naming_it_until_that_process_dies(tmp_path):
+    """Oracle: flock's semantics. While a live process holds the directory, holding it is refused
+    with its pid; once it is SIGKILLed the kernel lets go, and the directory is ours."""
+    import signal
+
+    from lit_susc.rundir import RunDirectoryError, hold, release
+
+    proc = _holder(tmp_path / "run")
+    try:
+        with pytest.raises(RunDirectoryError, match=rf"is being written by process {proc.pid} on "):
+            hold(tmp_path / "run")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    hold(tmp_path / "run")
+    release(tmp_path / "run")
+
+
+def test_claim_holds_the_directory_and_finishing_lets_it_go(tmp_path):
+    from lit_susc.rundir import _HELD, claim, mark_finished
+
+    run = tmp_path / "run"
+    assert claim(run, {"a": 1}, record="run.json", other="another run") == "fresh"
+    assert run.resolve() in _HELD and (run / ".lock").exists()
+    mark_finished(run, {"done": True})
+    assert run.resolve() not in _HELD

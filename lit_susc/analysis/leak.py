@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -296,6 +297,7 @@ def plot_leak(table: pa.Table, path: str | Path, k: int | None = None) -> Path:
         ax.plot(layer, columns[f"{key}_ground_truth"], marker="o", label="ground-truth susceptibilities")
         ax.plot(layer, columns[f"{key}_aux"], marker="s", label="aux-predicted susceptibilities")
         ax.set_xlabel("layer (0 = embeddings)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{title} with activations")
         ax.set_title(title)
         ax.set_ylim(bottom=0.0)

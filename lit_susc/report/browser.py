@@ -4,7 +4,10 @@
       report.json          what the report was built from (also marks the directory as a report)
       plots/*.png          SGLD traces, LLC heatmap, PCA variance, Pearson, cluster sizes, leak
       clusters/<label>.html   one page per cluster (its profile heatmap inline, as SVG)
-      index.html           run summary, plots, the sortable and searchable cluster table; written last
+      documents/<doc_id>.html one page per document with example tokens: those tokens, of every
+                           cluster, in position order (each example on a cluster page links to its row)
+      index.html           contents, run summary, clusters against token identity, plots, glossary,
+                           the sortable and searchable cluster table; written last
 
 ``index.html`` is written last, through a temporary name, and removed first when a report is
 rebuilt, so a directory without it holds no finished report.
@@ -27,8 +30,9 @@ import numpy as np
 from ..rundir import write_json, write_text
 from .config import ReportConfig
 from .inputs import Inputs, read_inputs, trace_components
-from .pages import PlotEntry, cluster_page, index_page
+from .pages import PlotEntry, cluster_page, document_page, index_page
 from .plots import (
+    color_limits,
     plot_cluster_sizes,
     plot_component_map,
     plot_llc_heatmap,
@@ -37,7 +41,7 @@ from .plots import (
     plot_reliability,
     plot_traces,
 )
-from .statistics import Cluster, summarize_clusters
+from .statistics import Cluster, Example, summarize_clusters
 
 REPORT_MARKER = "report.json"
 INDEX = "index.html"
@@ -65,10 +69,11 @@ def build_report(report_dir: str | Path, *, cluster_dir: str | Path, sample_dir:
     traced = trace_components(inputs, config) if inputs.traces is not None else []
     report_dir = _claim(Path(report_dir), inputs, config)
     plots = _write_plots(report_dir, inputs, traced, config)
-    clusters = summarize_clusters(inputs, config)
+    clusters, identity = summarize_clusters(inputs, config)
     _write_cluster_pages(report_dir, inputs, clusters, config)
+    _write_document_pages(report_dir, clusters, config)
     index = report_dir / INDEX
-    write_text(index, index_page(inputs, clusters, plots, config))  # last: the report's finished marker
+    write_text(index, index_page(inputs, clusters, identity, plots, config))  # last: the report's finished marker
     return index
 
 
@@ -85,11 +90,12 @@ def _claim(report_dir: Path, inputs: Inputs, config: ReportConfig) -> Path:
                              "missing); choose a new or empty directory")
         # the index goes first: until the new one is written, the directory holds no finished report
         (report_dir / INDEX).unlink(missing_ok=True)
-        for sub in ("plots", "clusters"):
+        for sub in ("plots", "clusters", "documents"):
             if (report_dir / sub).exists():
                 shutil.rmtree(report_dir / sub)
     (report_dir / "plots").mkdir(parents=True, exist_ok=True)
     (report_dir / "clusters").mkdir()
+    (report_dir / "documents").mkdir()
     write_json(report_dir / REPORT_MARKER, {
         "built": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": asdict(config),
         "inputs": {k: str(getattr(inputs, k)) if getattr(inputs, k) is not None else None
@@ -113,7 +119,9 @@ def _write_plots(report_dir: Path, inputs: Inputs, traced: list[str], config: Re
         plot_llc_heatmap(inputs.llc, inputs.sample_meta["components"], plots / "llc.png")
         out.append(PlotEntry("llc", "LLC per component", "plots/llc.png",
                              "Local learning coefficient of each component (mean over chains): heads on the layer x "
-                             "head grid, MLPs, embeddings and other components on the strip below."))
+                             "head grid, then the MLPs, then embeddings and other components, each kind on its own "
+                             "colour scale from 0 (an LLC grows with the component's parameters, so embed and unembed "
+                             "would make every head one colour): compare kinds by the numbers in the cells."))
     else:
         out.append(PlotEntry("llc", "LLC per component", None, f"{inputs.sample_dir}/llc.json holds no LLC."))
     reliability = inputs.reliability
@@ -133,11 +141,13 @@ def _write_plots(report_dir: Path, inputs: Inputs, traced: list[str], config: Re
         variances = inputs.aux["pc_variances"]
         plot_pca_variance(variances, plots / "pca_variance.png")
         out.append(PlotEntry("pca", "PCA of chi", "plots/pca_variance.png",
-                          f"Variance of the {len(variances)} PCs of chi the aux model predicts (training split)."))
+                          f"Variance of the {len(variances)} PCs of chi the aux model predicts (training split), "
+                          f"PC1 (the largest variance) to PC{len(variances)}, numbered as in the Pearson plot."))
         ceiling = inputs.aux.get("noise_ceiling")
         plot_pearson(inputs.aux["pearson"], inputs.aux["ridge"]["pearson"], plots / "pearson.png", ceiling)
         out.append(PlotEntry("pearson", "Aux model accuracy", "plots/pearson.png",
-                          "Validation Pearson r per PC (held-out documents), aux model beside the ridge baseline"
+                          "Validation Pearson r per PC (held-out documents; PC1 to PC"
+                          f"{len(inputs.aux['pearson'])}, as in the PCA plot), aux model beside the ridge baseline"
                           + (f"; black ticks: each PC's noise ceiling sqrt(reliability), the best a predictor whose "
                              f"errors are independent of chi's noise can reach (mean {np.mean(ceiling):.2f} against "
                              f"the aux model's {np.mean(inputs.aux['pearson']):.2f}). Chain noise is a smooth function "
@@ -154,6 +164,22 @@ def _write_plots(report_dir: Path, inputs: Inputs, traced: list[str], config: Re
 
 
 def _write_cluster_pages(report_dir: Path, inputs: Inputs, clusters: list[Cluster], config: ReportConfig) -> None:
+    """One page per cluster, each written as soon as it is rendered."""
+    limits = None
+    if config.shared_profile_scale and clusters:
+        limits = color_limits(np.concatenate([c.profile for c in clusters]), diverging=config.profile == "zscore")
     for i, c in enumerate(clusters):
-        (report_dir / "clusters" / f"{c.label}.html").write_text(cluster_page(inputs, clusters, i, config),
+        (report_dir / "clusters" / f"{c.label}.html").write_text(cluster_page(inputs, clusters, i, config, limits),
                                                                 encoding="utf-8")
+
+
+def _write_document_pages(report_dir: Path, clusters: list[Cluster], config: ReportConfig) -> None:
+    """One page per document that holds example tokens (none when the token table has no doc_id)."""
+    by_document: dict[int, list[Example]] = {}
+    for c in clusters:
+        for x in c.examples:
+            if x.doc_id is not None:
+                by_document.setdefault(x.doc_id, []).append(x)
+    for doc_id, examples in by_document.items():
+        (report_dir / "documents" / f"{doc_id}.html").write_text(document_page(doc_id, examples, config),
+                                                                 encoding="utf-8")

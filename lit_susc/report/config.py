@@ -36,6 +36,11 @@ class ReportConfig:
     is below this are drawn hatched grey in the cluster profiles: their chi is mostly noise."""
     warn_median_reliability: float = 0.5
     """Below this median component reliability the index page carries a banner saying so."""
+    shared_profile_scale: bool = False
+    """Draw every cluster page's profile on one colour scale, so that colours compare between
+    pages: (-B, B) with B = max |profile| over all clusters and components ('zscore'), or the
+    min to max over all clusters ('raw'). False: each page's scale spans its own profile, which
+    shows its pattern best but makes a weak cluster look as strong as a strong one."""
 
     def __post_init__(self) -> None:
         for name in ("examples_per_cluster", "context_left", "context_right", "top_tokens"):
@@ -46,6 +51,9 @@ class ReportConfig:
                 raise ValueError(f"ReportConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.chi_block_tokens < 1:
             raise ValueError(f"ReportConfig.chi_block_tokens must be >= 1, got {self.chi_block_tokens}")
+        if not isinstance(self.shared_profile_scale, bool):
+            raise ValueError("ReportConfig.shared_profile_scale must be true or false, got "
+                             f"{self.shared_profile_scale!r}")
         if self.profile not in ("zscore", "raw"):
             raise ValueError(f"ReportConfig.profile must be 'zscore' or 'raw', got {self.profile!r}")
         if isinstance(self.trace_components, str):

@@ -1,13 +1,18 @@
-"""The report's HTML: the index page and one page per cluster, as strings.
+"""The report's HTML: the index page, one page per cluster and one per document, as strings.
 
 Every page opens from disk (file://): no server, no network. The stylesheet (assets/report.css)
 and the index's sort-and-search script (assets/index.js) are package data, inlined into each
 page; every link is relative. Token text is escaped, with its whitespace and control characters
 made visible.
+
+Anchors other pages link to: on the index ``#run``, ``#token-identity``, ``#plots`` (and each
+plot's own anchor), ``#glossary`` (each term ``#g-<term>``) and ``#clusters``; on cluster and
+document pages each example token's row is ``#t<row>``, its row in the token table.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -21,7 +26,14 @@ import numpy as np
 from .config import ReportConfig
 from .inputs import Inputs
 from .plots import component_grid, component_map_svg
-from .statistics import Cluster, Example, known_reliabilities, unreliable_components
+from .statistics import (
+    IDENTITY_PURITY,
+    Cluster,
+    Example,
+    TokenIdentity,
+    known_reliabilities,
+    unreliable_components,
+)
 
 
 def _asset(name: str) -> str:
@@ -46,14 +58,20 @@ class PlotEntry:
 # ----------------------------------------------------------------------------- the index
 
 
-def index_page(inputs: Inputs, clusters: list[Cluster], figures: list[PlotEntry], config: ReportConfig) -> str:
-    """index.html: run summary, reliability warning, the cluster table, the plots and the leak table."""
-    links = "".join(f'<a href="#{f.anchor}">{_e(f.title)}</a>' if f.file else
-                    f'<span class="muted">{_e(f.title)} (none)</span>' for f in figures)
+def index_page(inputs: Inputs, clusters: list[Cluster], identity: TokenIdentity | None, figures: list[PlotEntry],
+               config: ReportConfig) -> str:
+    """index.html, top to bottom: contents (a link to every section and plot), reliability warning,
+    run summary, clusters against token identity, the plots (and leak table), the glossary, and
+    the sortable and searchable cluster table last, however long it is."""
+    plot_links = " ".join(f'<a href="#{f.anchor}">{_e(f.title)}</a>' if f.file else
+                          f'<span class="muted">{_e(f.title)} (none)</span>' for f in figures)
+    if inputs.leak is not None:
+        plot_links += ' <a href="#leak-table">Leak table</a>'
     sections = []
     for f in figures:
         if f.file is None:
-            sections.append(f'<h3 id="{f.anchor}">{_e(f.title)}</h3><p class="muted">{_e(f.caption)}</p>')
+            sections.append(f'<section id="{f.anchor}"><h3>{_e(f.title)}</h3><p class="muted">{_e(f.caption)}</p>'
+                            "</section>")
         else:
             sections.append(f'<figure id="{f.anchor}"><h3>{_e(f.title)}</h3><a href="{f.file}"><img src="{f.file}" '
                             f'alt="{_e(f.title)}"></a><figcaption class="muted">{_e(f.caption)}</figcaption></figure>')
@@ -62,17 +80,107 @@ def index_page(inputs: Inputs, clusters: list[Cluster], figures: list[PlotEntry]
            "magnitude between components)" if config.profile == "zscore" else "")
     body = f"""<h1>Susceptibility clusters</h1>
 <p class="muted">Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Each cluster page shows its {profile} mean
-susceptibility profile{why}, frequent tokens and tokens in context.</p>
+susceptibility profile{why}, frequent tokens and tokens in context; the terms are explained in the
+<a href="#glossary">glossary</a>.</p>
+<nav id="contents" class="contents"><strong>Contents</strong> <a href="#run">Run</a>
+<a href="#token-identity">Clusters and token identity</a> <a href="#plots">Plots</a>
+<span class="sub">({plot_links})</span> <a href="#glossary">Glossary</a>
+<a href="#clusters">Clusters ({len(clusters)})</a></nav>
 {_reliability_banner(inputs, config)}
-<h2>Run</h2>
+<h2 id="run">Run</h2>
 {_summary(inputs, clusters)}
-<nav id="plot-links">Plots: {links}</nav>
-<h2 id="clusters">Clusters</h2>
-{_cluster_table(clusters, inputs.labels.num_rows)}
+<h2 id="token-identity">Clusters and token identity</h2>
+{_identity(identity)}
 <h2 id="plots">Plots</h2>
-{''.join(sections)}
-{_leak_table(inputs)}"""
+<div class="plots">{''.join(sections)}</div>
+{_leak_table(inputs)}
+<h2 id="glossary">Glossary</h2>
+{_glossary(inputs, config)}
+<h2 id="clusters">Clusters</h2>
+{_cluster_table(clusters, inputs.labels.num_rows)}"""
     return _page("Susceptibility clusters", body, _INDEX_JS if clusters else "")
+
+
+def _identity(identity: TokenIdentity | None) -> str:
+    """The token-identity baseline in plain words (statistics.TokenIdentity for the formulas)."""
+    if identity is None:
+        return '<p class="muted">No clusters, so nothing to compare with token identity.</p>'
+    score = identity.identity_score
+    reading = ("every clustered token has the same text, so token identity and the clustering cannot be told apart"
+               if not np.isfinite(score) else
+               f"on a scale from a clustering blind to token text (0) to one by token identity alone (1), this one "
+               f"sits at <strong>{score:.2f}</strong>")
+    return (f'<p id="identity-summary"><strong>{identity.identity_clusters} of {identity.n_clusters} clusters '
+            f"({100 * identity.identity_share:.0f}%)</strong> are one token type (purity &ge; {IDENTITY_PURITY:g}): "
+            "they show token identity, not a feature. Mean purity (the share of the "
+            f"{identity.clustered_tokens} clustered tokens that are their cluster's most frequent token): "
+            f"<strong>{identity.mean_purity:.2f}</strong>; a clustering by token identity alone would have 1.00, "
+            f"and clusters of the same sizes with their tokens drawn at random {identity.shuffled_purity:.2f}. So "
+            f'{reading}. <a href="#g-baseline">How these are computed</a>; sort the table by purity to see the '
+            "clusters that are more than one token.</p>")
+
+
+def _glossary(inputs: Inputs, config: ReportConfig) -> str:
+    """The terms of the index and cluster pages, each at ``#g-<term>``."""
+    cfg = inputs.cluster_config
+    threshold = cfg.get("conductance_threshold")
+    min_size = cfg.get("min_size")
+    terms = [
+        ("size", "size", ("The tokens labelled with the cluster. The sweep prefix it came from can be larger: "
+         "tokens an earlier cluster had already claimed keep their label.")),
+        ("conductance", "conductance",
+         "&Phi;(S) = cut(S) / min(vol S, vol G &minus; vol S) of the prefix S the cluster came from, on the k-NN "
+         "graph of the chi vectors (after the stage's preprocessing): cut(S) is the weight of the graph's edges "
+         "leaving S. 0: nothing leaves (well separated); 1: every edge of S leaves it. A prefix is a cluster only if "
+         "&Phi; is below the cluster stage's <code>conductance_threshold</code>"
+         + (f" ({threshold:g} here)" if isinstance(threshold, (int, float)) else "") + "."),
+        ("volume", "volume", ("vol S = &sum;<sub>u&isin;S</sub> d(u): the sum of the degrees (the summed edge "
+         "weights) of the prefix's tokens in the k-NN graph. It grows with the prefix's size and with how strongly its "
+         "tokens are connected; conductance divides by it.")),
+        ("seed-node", "seed node", ("The token whose personalized PageRank push found the cluster, as its row in the "
+         "token table (<code>labels.parquet</code>; also its node in the graph), with its text. The push spreads "
+         "PageRank from the seed; the sweep over the tokens in order of PageRank per degree picks the prefix of "
+         "lowest conductance. The seed is usually, not always, one of the cluster's tokens.")),
+        ("round", "round", ("When the cluster was found: each round pushes from <code>seeds_per_round</code> "
+         "unvisited tokens drawn at random, and tokens claimed in earlier rounds keep their label, so later rounds "
+         "form from what was left. It says nothing about quality by itself.")),
+        ("purity", "purity", ("The share of the cluster's tokens that are its most frequent token, by token text "
+         "(ids that decode to the same text count as one): max<sub>t</sub> n<sub>ct</sub> / n<sub>c</sub>. 1: the "
+         "cluster is one token type.")),
+        ("coverage", "coverage", ("Of all occurrences of the cluster's most frequent token in the run's token table, "
+         "the share in this cluster. Purity 1 with coverage near 1 is that token type; purity 1 with low coverage "
+         "picks out some occurrences of a token (by context), which token identity alone cannot.")),
+        ("baseline", "token-identity baseline",
+         ("Mean purity &sum;<sub>c</sub> max<sub>t</sub> n<sub>ct</sub> / &sum;<sub>c</sub> n<sub>c</sub> (the share "
+         "of clustered tokens that are their cluster's most frequent token) against its two ends: a clustering by "
+         "token identity alone (1) and the same cluster sizes with the labels shuffled among the clustered tokens "
+         "(one seeded permutation: a clustering blind to token text). Score = (mean &minus; shuffled) / "
+         f"(1 &minus; shuffled). Clusters of purity &ge; {IDENTITY_PURITY:g} are counted as one token type.")),
+        ("profile", "profile", ("The mean over the cluster's tokens of each component's chi, z-scored over all "
+         "tokens: 0 is the run's average, +1 one standard deviation above it. A mean of n unrelated tokens' "
+         "z-scores lies within &plusmn;3/&radic;n of 0 (3 standard deviations), the noise level each page states."
+                                 if config.profile == "zscore" else
+                                 "The mean raw chi over the cluster's tokens, per component.")
+         + f" Hatched grey: components of reliability below {config.min_reliability:g}, whose chi is mostly noise."
+         + (" Every cluster page uses one colour scale (<code>shared_profile_scale</code>), so colours compare "
+            "between pages." if config.shared_profile_scale else
+            " Each page's colours span its own profile (<code>shared_profile_scale: true</code> puts every page on "
+            "one scale).")),
+        ("examples", "tokens in context", ("Example tokens at random (seeded), in reading order, each with the tokens "
+         "before and after it within its context. The first column, <code>document:position</code>, links to the "
+         "document's page, which lists that document's example tokens of every cluster in position order; its "
+         "tooltip gives the token's row in <code>labels.parquet</code>.")),
+        ("good", "what makes a good cluster",
+         ("<ul><li>low conductance, well below the threshold: it is separated from the rest of the graph;</li>"
+         f"<li>a size well above <code>min_size</code>{f' ({min_size})' if min_size is not None else ''}: a cluster "
+         "at the minimum may be a fragment;</li>"
+         "<li>purity below 1, or low coverage: a cluster that is one token type, all of its occurrences, shows token "
+         "identity, not a feature;</li>"
+         "<li>a profile above the noise: its largest entries beyond the page's noise level and on components that "
+         "are not hatched.</li></ul>")),
+    ]
+    items = "".join(f'<dt id="g-{anchor}">{_e(term)}</dt><dd>{text}</dd>' for anchor, term, text in terms)
+    return f'<dl class="glossary">{items}</dl>'
 
 
 def _reliability_banner(inputs: Inputs, config: ReportConfig) -> str:
@@ -135,20 +243,23 @@ def _cluster_table(clusters: list[Cluster], n_tokens: int) -> str:
         return ('<p class="note" id="no-clusters"><strong>The clustering found no clusters</strong> (0 of '
                 f"{n_tokens} tokens clustered). Try a larger alpha or eps, a smaller min_size or a higher "
                 "conductance_threshold in the cluster stage.</p>")
-    head = ('<thead><tr><th data-sort="label" class="num"><button data-sort-button="label">label<span class="arrow">'
-            '</span></button></th><th data-sort="size" class="num"><button data-sort-button="size">size<span '
-            'class="arrow"></span></button></th><th data-sort="conductance" class="num"><button '
-            'data-sort-button="conductance">conductance<span class="arrow"></span></button></th><th class="num">'
-            'volume</th><th>most frequent tokens</th></tr></thead>')
+    def sortable(key: str, term: bool = True) -> str:
+        return (f'<th data-sort="{key}" class="num"><button data-sort-button="{key}">{key}<span class="arrow"></span>'
+                f"</button>{_term_link(key) if term else ''}</th>")
+
+    head = (f'<thead><tr>{sortable("label", term=False)}{sortable("size")}{sortable("conductance")}<th class="num">'
+            f'volume{_term_link("volume")}</th>{sortable("purity")}<th>most frequent tokens</th></tr></thead>')
     rows = []
     for c in sorted(clusters, key=lambda c: (-c.size, c.label)):  # the scriptless order: largest first
         tokens = _e(json.dumps([t for t, _ in c.top_tokens], ensure_ascii=False))
         rows.append(f'<tr data-label="{c.label}" data-size="{c.size}" data-conductance="{c.conductance!r}" '
-                    f'data-tokens="{tokens}"><td class="num"><a href="clusters/{c.label}.html">{c.label}</a></td>'
-                    f'<td class="num">{c.size}</td><td class="num">{_fmt(c.conductance)}</td>'
-                    f'<td class="num">{_fmt(c.volume)}</td><td class="tokens">{_token_list(c.top_tokens, 8)}</td></tr>')
+                    f'data-purity="{c.purity!r}" data-tokens="{tokens}"><td class="num"><a '
+                    f'href="clusters/{c.label}.html">{c.label}</a></td><td class="num">{c.size}</td>'
+                    f'<td class="num">{_fmt(c.conductance)}</td><td class="num">{_fmt(c.volume)}</td>'
+                    f'<td class="num">{c.purity:.2f}</td><td class="tokens">{_token_list(c.top_tokens, 8)}</td></tr>')
     controls = ('<div id="controls">sort by <button data-sort-button="size">size</button><button '
-                'data-sort-button="conductance">conductance</button><button data-sort-button="label">label</button> '
+                'data-sort-button="conductance">conductance</button><button data-sort-button="purity">purity</button>'
+                '<button data-sort-button="label">label</button> '
                 '<input id="search" type="search" placeholder="filter by frequent token" size="28"> '
                 f'<span id="shown" class="muted">{len(clusters)} clusters</span></div>')
     return (f"{controls}<table class=\"data\" id=\"cluster-table\">{head}<tbody>\n" + "\n".join(rows)
@@ -170,20 +281,36 @@ def _leak_table(inputs: Inputs) -> str:
 # ----------------------------------------------------------------------------- a cluster
 
 
-def cluster_page(inputs: Inputs, clusters: list[Cluster], i: int, config: ReportConfig) -> str:
-    """clusters/<label>.html of ``clusters[i]``: its facts, frequent tokens, profile and examples in context."""
+def cluster_page(inputs: Inputs, clusters: list[Cluster], i: int, config: ReportConfig,
+                 limits: tuple[float, float] | None = None) -> str:
+    """clusters/<label>.html of ``clusters[i]``: its facts (each linked to the glossary), frequent
+    tokens, profile and examples in context, each linked to its document's page.
+
+    ``limits``: the profile's colour range (one for every page: ReportConfig.shared_profile_scale);
+    None: its own.
+    """
     c = clusters[i]
     n_tokens = inputs.labels.num_rows
     prev = (f'<a href="{clusters[i - 1].label}.html" rel="prev">← cluster {clusters[i - 1].label}</a>'
             if i > 0 else '<span class="muted">← (first)</span>')
     nxt = (f'<a href="{clusters[i + 1].label}.html" rel="next">cluster {clusters[i + 1].label} →</a>'
            if i + 1 < len(clusters) else '<span class="muted">(last) →</span>')
-    nav = (f'<nav><a href="../index.html">↑ all clusters</a>{prev}{nxt}'
+    nav = (f'<nav><a href="../index.html">↑ all clusters</a><a href="../index.html#glossary">glossary</a>{prev}{nxt}'
            f'<span class="muted">{i + 1} of {len(clusters)}, in label order</span></nav>')
+    top = f'<code class="tok">{show_token(c.top_token, empty="∅")}</code>'
+    threshold = inputs.cluster_config.get("conductance_threshold")
     facts = _facts([
-        ("size", f"{c.size} tokens ({100 * c.size / n_tokens:.2g}% of {n_tokens})"),
-        ("conductance", _fmt(c.conductance)), ("volume", _fmt(c.volume)),
-        ("seed node", str(c.seed_node)), ("round", str(c.round)),
+        (_term("size"), f"{c.size} tokens ({100 * c.size / n_tokens:.2g}% of {n_tokens})"),
+        (_term("purity"), f'<span id="purity">{c.purity:.2f}</span>: {top} is {c.top_count} of its {c.size} tokens'
+         + (" (one token type: token identity, not a feature)" if c.purity >= IDENTITY_PURITY else "")),
+        (_term("coverage"), (f"{c.coverage:.2f}: {c.top_count} of the {c.top_occurrences} occurrences of {top} "
+                             "in the run are in this cluster")),
+        (_term("conductance"), _fmt(c.conductance)
+         + (f' <span class="muted">(threshold {threshold:g})</span>' if isinstance(threshold, (int, float)) else "")),
+        (_term("volume"), _fmt(c.volume)),
+        (_term("seed node", "seed-node"),
+         f'row {c.seed_node}: <code class="tok">{show_token(c.seed_token, empty="∅")}</code>'),
+        (_term("round"), str(c.round)),
     ])
     order = np.argsort(-np.nan_to_num(np.abs(c.profile), nan=-1.0))[:8]
     components = inputs.components
@@ -192,22 +319,27 @@ def cluster_page(inputs: Inputs, clusters: list[Cluster], i: int, config: Report
     tokens = "".join(f'<tr><td><code class="tok">{show_token(t, empty="∅")}</code></td><td class="num">{n}</td>'
                      f'<td class="num">{100 * n / c.size:.1f}%</td></tr>' for t, n in c.top_tokens)
     shown = len(c.examples)
-    examples = "\n".join(_example_row(x) for x in c.examples)
+    examples = "\n".join(_example_row(x, _document_link(x)) for x in c.examples)
+    scale = ("One colour scale for every cluster page (ReportConfig.shared_profile_scale)" if limits is not None
+             else "Colours span this cluster's own profile (ReportConfig.shared_profile_scale: one scale for all)")
     body = f"""{nav}
 <h1>Cluster {c.label}</h1>
 {facts}
 <h2>Most frequent tokens</h2>
 <table class="data tokens"><thead><tr><th>token</th><th class="num">count</th><th class="num">share</th></tr></thead>
 <tbody>{tokens}</tbody></table>
-<h2>Mean susceptibility profile</h2>
-<figure>{component_map_svg(c.profile, components, label=_profile_label(config, inputs), diverging=config.profile == "zscore",
-                          muted=unreliable_components(inputs, config), notes=_reliability_notes(inputs))}
-<figcaption class="note">{_e(_profile_note(config, inputs.input_meta["convention"]))}</figcaption></figure>
+<h2>Mean susceptibility profile{_term_link("profile", "../index.html")}</h2>
+<figure>{component_map_svg(c.profile, components, label=_profile_label(config, inputs),
+                          diverging=config.profile == "zscore", muted=unreliable_components(inputs, config),
+                          notes=_reliability_notes(inputs), limits=limits)}
+<figcaption class="note">{_e(_profile_note(config, inputs.input_meta["convention"]))} {_e(scale)}.</figcaption></figure>
 <p>Largest in magnitude: {strongest or '<span class="muted">none</span>'}</p>
-<h2>Tokens in context</h2>
+{_noise_level(c, config)}
+<h2>Tokens in context{_term_link("examples", "../index.html")}</h2>
 <p class="muted">{shown} of {c.size} tokens{' (chosen at random)' if shown < c.size else ''}, in reading order;
 up to {config.context_left} tokens before and {config.context_right} after, within the token's context
-(… : the context goes on). Whitespace: · space, ⏎ newline, ⇥ tab.</p>
+(… : the context goes on). Whitespace: · space, ⏎ newline, ⇥ tab. The first column (document:position) links to
+the document's page.</p>
 <table class="kwic"><tbody>
 {examples}
 </tbody></table>
@@ -215,13 +347,60 @@ up to {config.context_left} tokens before and {config.context_right} after, with
     return _page(f"Cluster {c.label}", body)
 
 
-def _example_row(x: Example) -> str:
-    """A row of the keyword-in-context table: where, left context, the token marked, right context."""
+def document_page(doc_id: int, examples: list[Example], config: ReportConfig) -> str:
+    """documents/<doc_id>.html: the example tokens of one document, of every cluster, in position order.
+
+    Only the tokens shown on cluster pages, not the whole document (whose text can be far larger
+    than the report): each row its position, its cluster (a link to that cluster page's row) and
+    its context.
+    """
+    examples = sorted(examples, key=lambda x: (x.position if x.position is not None else -1, x.row))
+    name = next((x.document for x in examples if x.document is not None), None)
+    title = f"Document {name}" if name is not None else f"Document {doc_id}"
+    rows = "\n".join(_example_row(x, (f'{"" if x.position is None else f"position {x.position} "}'
+                                       f'<a href="../clusters/{x.label}.html#t{x.row}">cluster {x.label}</a>'))
+                      for x in examples)
+    nav = '<nav><a href="../index.html">↑ all clusters</a><a href="../index.html#glossary">glossary</a></nav>'
+    body = f"""{nav}
+<h1>{_e(title)}</h1>
+<p class="muted">doc_id {doc_id}. The {len(examples)} example tokens of this document shown on cluster pages, in
+position order, each with its cluster and its context (up to {config.context_left} tokens before and
+{config.context_right} after); the other tokens of the document are in the token table (<code>labels.parquet</code>,
+columns doc_id and position).</p>
+<table class="kwic"><tbody>
+{rows}
+</tbody></table>
+{nav}"""
+    return _page(title, body)
+
+
+def _document_link(x: Example) -> str:
+    """Where an example token is, as a link to its row on its document's page (text only without a doc_id)."""
+    where = f'title="labels.parquet row {x.row}"'
+    if x.doc_id is None:
+        return f"<span {where}>{_e(x.origin)}</span>"
+    return f'<a href="../documents/{x.doc_id}.html#t{x.row}" {where}>{_e(x.origin)}</a>'
+
+
+def _noise_level(c: Cluster, config: ReportConfig) -> str:
+    """How far a mean of ``c.size`` unrelated z-scores strays from 0: 3 / sqrt(size), 3 standard deviations."""
+    if config.profile != "zscore":
+        return ""
+    level = 3 / np.sqrt(c.size)
+    above = int(np.sum(np.abs(np.nan_to_num(c.profile)) > level))
+    return (f'<p class="muted">Noise level: a mean of {c.size} unrelated tokens\' z-scores lies within '
+            f"&plusmn;3/&radic;{c.size} = &plusmn;{level:.2g} of 0; {above} of {len(c.profile)} components lie "
+            "beyond it.</p>")
+
+
+def _example_row(x: Example, where: str) -> str:
+    """A row of a keyword-in-context table, anchored at ``#t<row>``: where (HTML), left context, the
+    token marked, right context."""
     lead = "…" if x.more_left else ""
     tail = "…" if x.more_right else ""
     left = "".join(show_token(t) for t in x.left)
     right = "".join(show_token(t) for t in x.right)
-    return (f'<tr><td class="where">{_e(x.origin)}</td><td class="left">{lead}{left}</td>'
+    return (f'<tr id="t{x.row}"><td class="where">{where}</td><td class="left">{lead}{left}</td>'
             f'<td class="centre"><mark class="tok">{show_token(x.token, empty="∅")}</mark></td>'
             f'<td class="right">{right}{tail}</td></tr>')
 
@@ -266,6 +445,7 @@ def _printable(text: str) -> str:
     return "".join(ch if unicodedata.category(ch) != "Cc" else f"\\x{ord(ch):02x}" for ch in text)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a vocabulary's worth: each example row shows ~17 tokens, on two pages
 def show_token(text: str, empty: str = "") -> str:
     """A token as HTML: escaped, its whitespace shown as dimmed symbols (``visible``), control
     characters as ``\\xNN``; an empty token as ``empty``."""
@@ -288,9 +468,19 @@ def _page(title: str, body: str, script: str = "") -> str:
 
 
 def _facts(rows: list[tuple[str, str]]) -> str:
-    """A two-column table; values are HTML already."""
-    cells = "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    """A two-column table; keys and values are HTML already."""
+    cells = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<table class="data facts">{cells}</table>'
+
+
+def _term_link(anchor: str, index: str = "") -> str:
+    """A small "?" linking to the glossary entry ``#g-<anchor>`` (``index``: the path to index.html; '' on it)."""
+    return f' <a class="term" href="{index}#g-{anchor}" title="glossary">?</a>'
+
+
+def _term(term: str, anchor: str | None = None) -> str:
+    """A cluster page's fact name, linked to its glossary entry on the index."""
+    return f'<a href="../index.html#g-{anchor or term}">{_e(term)}</a>'
 
 
 def _token_list(tokens: list[tuple[str, int]], limit: int | None = None) -> str:

@@ -10,6 +10,8 @@ Per-component values (the LLC, a cluster's mean susceptibility profile) are draw
 strip below it: the MLPs in layer order, then ``embed``, ``pos_embed``, ``unembed``, then any
 name outside the component naming scheme of ``lit_susc.models`` (``all`` of a generic model,
 say), in the order given. So the figures work for any run, and a transformer's heads line up.
+One colour scale spans every component, except in the LLC heatmap, where heads, MLPs and the
+rest each get their own (``component_panels``). PC axes are numbered from PC1 (``pc_ticks``).
 """
 
 from __future__ import annotations
@@ -23,19 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-import matplotlib.ticker
 import numpy as np
 import pyarrow as pa
-import torch
 
-from ..aux.plot import plot_pearson as _plot_aux_pearson
 from ..figures import Figure, save_png
 
 _HEAD = re.compile(r"layers\.(\d+)\.heads\.(\d+)")
 _MLP = re.compile(r"layers\.(\d+)\.mlp")
 _NAMED_STRIP = ("embed", "pos_embed", "unembed")
 # Cells are labelled with their values only while the numbers stay legible.
-_MAX_ANNOTATED_CELLS = 64
+_MAX_ANNOTATED_CELLS, _MAX_ANNOTATED_COLUMNS = 64, 16
 
 
 @dataclass(frozen=True)
@@ -108,21 +107,89 @@ def _laid_out(values: Sequence[float], components: Sequence[str]) -> tuple[np.nd
     return values, components, component_grid(components)
 
 
-def _color_scale(values: np.ndarray, diverging: bool):
-    """(norm, colormap) of a component map: red-blue centred on 0 when ``diverging``, else viridis over
-    the finite values' range; non-finite values map to light grey."""
-    finite = values[np.isfinite(values)]
+def color_limits(values: Sequence[float], diverging: bool) -> tuple[float, float]:
+    """(vmin, vmax) of a colour scale over ``values``' finite entries.
+
+    diverging: (-B, B) with B = max |v| (1 where no value is finite and non-zero), so 0 sits in
+    the middle; otherwise (min v, max v), widened to (v, v + 1) when all values are equal (0, 1
+    when none is finite).
+    """
+    finite = np.asarray(values, dtype=np.float64).reshape(-1)
+    finite = finite[np.isfinite(finite)]
     if diverging:
-        bound = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
-        norm, cmap = matplotlib.colors.Normalize(-bound, bound), matplotlib.colormaps["RdBu_r"]
+        bound = float(np.abs(finite).max()) if finite.size else 0.0
+        return (-bound, bound) if bound > 0 else (-1.0, 1.0)
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def _color_scale(values: np.ndarray, diverging: bool, limits: tuple[float, float] | None = None):
+    """(norm, colormap) of a component map: red-blue centred on 0 when ``diverging``, else viridis;
+    over ``limits`` when given, else ``color_limits(values)``; non-finite values map to light grey."""
+    lo, hi = color_limits(values, diverging) if limits is None else limits
+    cmap = matplotlib.colormaps["RdBu_r" if diverging else "viridis"]
+    return matplotlib.colors.Normalize(lo, hi), cmap.with_extremes(bad="lightgrey")
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One part of a component map, drawn with its own axes and, in ``by_kind`` maps, its own colour bar."""
+
+    kind: str
+    """'heads' (the layer x head grid), 'strip' (every other component), or, split by kind, 'mlps'
+    and 'others' (embed, pos_embed, unembed and names of no known layout)."""
+    names: list[str]
+    """Its components: heads in grid order (layer, then head), the rest in strip order."""
+    matrix: np.ndarray
+    """[layers, heads] for 'heads' (NaN where a cell has no component), else [1, len(names)]."""
+    limits: tuple[float, float]
+    """The (vmin, vmax) its colours span."""
+
+
+def component_panels(values: Sequence[float], components: Sequence[str], *, diverging: bool = False,
+                     by_kind: bool = False) -> list[Panel]:
+    """The panels of a component map and the colour limits of each (``color_limits``).
+
+    One scale over every component (``by_kind`` False: a head and an MLP compare by colour), or
+    one per kind of component: heads, MLPs, the others. Split for values whose scale differs by
+    kind: a head's LLC (0.2-1.4 in the quickstart) against embed's 41 would make one scale
+    colour every head alike. Split, a panel of non-negative values (not ``diverging``) spans
+    (0, its largest value), so that two nearly equal values (embed's and unembed's LLC) are not
+    drawn at the two ends of a scale of their own. Empty panels are left out.
+
+    Raises:
+        ValueError: if ``values`` and ``components`` differ in length (or ``component_grid`` refuses the names).
+    """
+    values, components, grid = _laid_out(values, components)
+    index = {c: i for i, c in enumerate(components)}
+    heads = np.full((grid.n_layers, grid.n_heads), np.nan)
+    for name, (r, c) in grid.cells.items():
+        heads[r, c] = values[index[name]]
+    head_names = sorted(grid.cells, key=grid.cells.get)
+    if by_kind:
+        mlps = [n for n in grid.strip if _MLP.fullmatch(n)]
+        groups = [("heads", head_names), ("mlps", mlps), ("others", [n for n in grid.strip if n not in set(mlps)])]
     else:
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        norm, cmap = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1.0), matplotlib.colormaps["viridis"]
-    return norm, cmap.with_extremes(bad="lightgrey")
+        groups = [("heads", head_names), ("strip", grid.strip)]
+    shared = color_limits(values, diverging)
+    panels = []
+    for kind, names in groups:
+        if not names:
+            continue
+        mine = np.array([values[index[n]] for n in names])
+        limits = shared
+        if by_kind:
+            limits = color_limits(mine, diverging)
+            if not diverging and limits[0] >= 0:
+                limits = (0.0, limits[1])
+        panels.append(Panel(kind=kind, names=names, matrix=heads if kind == "heads" else mine[None, :],
+                            limits=limits))
+    return panels
 
 
 def component_map_svg(values: Sequence[float], components: Sequence[str], *, label: str,
-                      diverging: bool = False, muted: Sequence[str] = (), notes: Mapping[str, str] | None = None) -> str:
+                      diverging: bool = False, muted: Sequence[str] = (), notes: Mapping[str, str] | None = None,
+                      limits: tuple[float, float] | None = None) -> str:
     """``plot_component_map`` as inline SVG text: heads on the layer x head grid, the strip below, one
     ``<rect>`` per component whose tooltip gives its name and value, and a colour bar.
 
@@ -131,12 +198,15 @@ def component_map_svg(values: Sequence[float], components: Sequence[str], *, lab
 
     Components in ``muted`` (e.g. those whose chi is mostly noise) are drawn hatched grey whatever
     their value; ``notes`` adds a line per component to its tooltip (e.g. its reliability).
+    ``limits`` fixes the colour bar's range (one scale for many maps; values outside it take the
+    end colours); None: ``color_limits`` of these values. The ``<svg>`` carries the range it
+    used as ``data-vmin`` and ``data-vmax``.
 
     Raises:
         ValueError: if ``values`` and ``components`` differ in length (or ``component_grid`` refuses the names).
     """
     values, components, grid = _laid_out(values, components)
-    norm, cmap = _color_scale(values, diverging)
+    norm, cmap = _color_scale(values, diverging, limits)
     rgb = np.round(255 * cmap(norm(np.ma.masked_invalid(values)))[:, :3]).astype(int)
     muted, notes = set(muted), notes or {}
     colors = ["url(#muted)" if name in muted else f"#{r:02x}{g:02x}{b:02x}" for name, (r, g, b) in zip(components, rgb)]
@@ -176,7 +246,7 @@ def component_map_svg(values: Sequence[float], components: Sequence[str], *, lab
     width = bar_x + 16 + max(60, 7 * len(label))
     height = max(strip_y + h + 8 + 5 * longest, top + bar_h + 24)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:g}" height="{height:g}" '
-            f'font-family="sans-serif" font-size="10" role="img" aria-label="{html.escape(label)} per component">'
+            f'data-vmin="{lo!r}" data-vmax="{hi!r}" font-family="sans-serif" font-size="10" role="img" aria-label="{html.escape(label)} per component">'
             f'<defs><linearGradient id="bar" x1="0" y1="1" x2="0" y2="0">{stops}</linearGradient>'
             '<pattern id="muted" width="4" height="4" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
             '<rect width="4" height="4" fill="#e4e4e4"/><line x1="0" y1="0" x2="0" y2="4" stroke="#b0b0b0" '
@@ -185,36 +255,32 @@ def component_map_svg(values: Sequence[float], components: Sequence[str], *, lab
             + "".join(rects) + "".join(text) + "</svg>")
 
 
-def plot_component_map(values: Sequence[float], components: Sequence[str], path: str | Path, *, title: str,
-                       colorbar_label: str, diverging: bool = False) -> Path:
-    """Per-component values on the ``component_grid`` layout: head heatmap above, strip below.
+def component_map_figure(values: Sequence[float], components: Sequence[str], *, title: str,
+                         colorbar_label: str, diverging: bool = False, by_kind: bool = False) -> Figure:
+    """The figure of ``plot_component_map``: one row of axes per ``component_panels`` panel.
 
-    One colour scale serves both parts, so a head and an MLP compare by colour. ``diverging``
-    centres a red-blue scale on 0 (for signed values such as z-scores); otherwise viridis.
-    Non-finite values are drawn grey.
-
-    Raises:
-        ValueError: if ``values`` and ``components`` differ in length (or ``component_grid`` refuses the names).
+    Layer axes carry one integer tick per layer (the heads' rows; the MLP strip is labelled
+    ``mlp <layer>``), heads one per head.
     """
-    values, components, grid = _laid_out(values, components)
-    index = {c: i for i, c in enumerate(components)}
-    heads = np.full((grid.n_layers, grid.n_heads), np.nan)
-    for name, (r, c) in grid.cells.items():
-        heads[r, c] = values[index[name]]
-    strip = np.array([[values[index[n]] for n in grid.strip]]) if grid.strip else np.zeros((1, 0))
-
-    norm, cmap = _color_scale(values, diverging)
-    parts = [p for p in (("heads", heads), ("strip", strip)) if p[1].size]
-    width = min(16.0, max(5.0, 0.42 * max(grid.n_heads, strip.shape[1]) + 2.5))
-    heights = [max(1.2, 0.32 * grid.n_layers) if kind == "heads" else 0.5 for kind, _ in parts]
-    fig = Figure(figsize=(width, sum(heights) + 1.6))
-    axes = fig.subplots(len(parts), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
+    panels = component_panels(values, components, diverging=diverging, by_kind=by_kind)
+    grid = component_grid(components)
+    cmap = matplotlib.colormaps["RdBu_r" if diverging else "viridis"].with_extremes(bad="lightgrey")
+    widest = max(p.matrix.shape[1] for p in panels)
+    width = min(16.0, max(5.0, 0.42 * widest + 2.5))
+    heights = [max(1.2, 0.32 * grid.n_layers) if p.kind == "heads" else 0.5 for p in panels]
+    # constrained layout keeps one colour bar per row beside its own axes
+    fig = Figure(figsize=(width, sum(heights) + 1.2 + 0.5 * by_kind * len(panels)),
+                 layout="constrained" if by_kind else None)
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    names = {"heads": "heads", "mlps": "MLPs", "others": "embeddings and others"}
     image = None
-    for ax, (kind, matrix) in zip(axes[:, 0], parts):
-        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
-        if matrix.size <= _MAX_ANNOTATED_CELLS:
-            _annotate(ax, matrix, image)
-        if kind == "heads":
+    for ax, panel in zip(axes, panels):
+        norm = matplotlib.colors.Normalize(*panel.limits)
+        image = ax.imshow(np.ma.masked_invalid(panel.matrix), cmap=cmap, norm=norm, aspect="auto",
+                          interpolation="nearest")
+        if panel.matrix.size <= _MAX_ANNOTATED_CELLS and panel.matrix.shape[1] <= _MAX_ANNOTATED_COLUMNS:
+            _annotate(ax, panel.matrix, image)
+        if panel.kind == "heads":
             ax.set_ylabel("layer")
             ax.set_xlabel("head")
             ax.set_xticks(range(grid.n_heads))
@@ -222,16 +288,41 @@ def plot_component_map(values: Sequence[float], components: Sequence[str], path:
             ax.tick_params(labelsize=7)
         else:
             ax.set_yticks([])
-            ax.set_xticks(range(len(grid.strip)))
-            many = len(grid.strip) > 8
-            ax.set_xticklabels([strip_label(n) for n in grid.strip], rotation=90 if many else 0, fontsize=7)
-    fig.colorbar(image, ax=list(axes[:, 0]), label=colorbar_label, shrink=0.9)
-    axes[0, 0].set_title(title, fontsize=10)
-    return save_png(fig, path)
+            ax.set_xticks(range(len(panel.names)))
+            many = len(panel.names) > 8
+            ax.set_xticklabels([strip_label(n) for n in panel.names], rotation=90 if many else 0, fontsize=7)
+        if by_kind:
+            ax.set_title(names[panel.kind], fontsize=8, loc="left")
+            fig.colorbar(image, ax=ax, label=colorbar_label if panel.kind == "heads" else None, aspect=10)
+    if not by_kind:
+        fig.colorbar(image, ax=list(axes), label=colorbar_label, shrink=0.9)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_component_map(values: Sequence[float], components: Sequence[str], path: str | Path, *, title: str,
+                       colorbar_label: str, diverging: bool = False, by_kind: bool = False) -> Path:
+    """Per-component values on the ``component_grid`` layout: head heatmap above, strip below.
+
+    One colour scale serves every part, so a head and an MLP compare by colour; ``by_kind`` gives
+    heads, MLPs and the other components a panel and colour bar each instead (``component_panels``).
+    ``diverging`` centres a red-blue scale on 0 (for signed values such as z-scores); otherwise
+    viridis. Non-finite values are drawn grey; panels of at most 64 cells in 16 columns are labelled with their
+    values.
+
+    Raises:
+        ValueError: if ``values`` and ``components`` differ in length (or ``component_grid`` refuses the names).
+    """
+    return save_png(component_map_figure(values, components, title=title, colorbar_label=colorbar_label,
+                                         diverging=diverging, by_kind=by_kind), path)
 
 
 def plot_llc_heatmap(llc: Mapping[str, Mapping], components: Sequence[str], path: str | Path) -> Path:
     """Per-component LLC (``llc.json``: {component: {"mean", "std", "per_chain"}}), mean over chains.
+
+    Heads, MLPs and the other components each get their own colour scale (``component_panels``
+    with ``by_kind``): a component's LLC grows with its parameter count, so embed and unembed sit
+    one to two orders of magnitude above a head, and one scale would draw every head alike.
 
     Raises:
         ValueError: if a component has no entry (or no "mean") in ``llc``.
@@ -243,8 +334,9 @@ def plot_llc_heatmap(llc: Mapping[str, Mapping], components: Sequence[str], path
     chains = {len(llc[c].get("per_chain", [])) for c in components}
     n = f"{chains.pop()} chains" if len(chains) == 1 else "chains"
     return plot_component_map([float(llc[c]["mean"]) for c in components], components, path,
-                              title=f"Local learning coefficient per component (mean over {n})",
-                              colorbar_label="LLC")
+                              title=f"Local learning coefficient per component (mean over {n})\n"
+                                    "heads, MLPs and embeddings each on their own colour scale",
+                              colorbar_label="LLC", by_kind=True)
 
 
 def plot_reliability(reliability: Mapping[str, float | None], components: Sequence[str], path: str | Path, *,
@@ -329,15 +421,31 @@ def plot_traces(traces_table: pa.Table, components: Sequence[str], path: str | P
     return save_png(fig, path)
 
 
-def plot_pca_variance(pc_variances: Sequence[float], path: str | Path, *, total_variance: float | None = None) -> Path:
-    """Each PC's share of the variance (bars, log scale) and the cumulative share (line).
+PC_AXIS_LABEL = "principal component (PC1: the largest variance)"
+"""The PC axis of every report figure: PCs are numbered from 1, in the order of their variance."""
 
-    Shares are of ``total_variance`` when given, else of the kept PCs' sum (aux.json stores only
-    the kept PCs' variances: with every PC kept, the two agree), and the axis says which.
 
-    Raises:
-        ValueError: if there are no variances, or any is negative or not finite.
+def pc_ticks(n_pcs: int, max_ticks: int = 12) -> tuple[list[int], list[str]]:
+    """(positions, labels) of a PC axis of ``n_pcs`` PCs, numbered from 1 in every figure.
+
+    PC k (1-based) is drawn at x = k and labelled ``PCk``. Ticks: PC1, then every multiple of
+    the smallest step in 1, 2, 5, 10, 20, 50, ... that leaves at most ``max_ticks`` of them.
     """
+    step = 1
+    while len(positions := [1] + [k for k in range(step, n_pcs + 1, step) if k > 1]) > max_ticks:
+        step = step * 5 // 2 if str(step).startswith("2") else step * 2  # 1, 2, 5, 10, 20, 50, ...
+    return positions, [f"PC{k}" for k in positions]
+
+
+def _pc_axis(ax, n_pcs: int) -> None:
+    positions, labels = pc_ticks(n_pcs)
+    ax.set_xticks(positions, labels, fontsize=7)
+    ax.set_xlim(0.4, n_pcs + 0.6)  # no room left of PC1, where a tick at 0 would suggest a PC0
+    ax.set_xlabel(PC_AXIS_LABEL)
+
+
+def pca_variance_figure(pc_variances: Sequence[float], *, total_variance: float | None = None) -> Figure:
+    """The figure of ``plot_pca_variance``."""
     v = np.asarray(pc_variances, dtype=np.float64).reshape(-1)
     if v.size == 0 or not np.isfinite(v).all() or (v < 0).any() or v.sum() <= 0:
         raise ValueError(f"pc_variances must be non-negative finite numbers with a positive sum, got {v[:8]}...; "
@@ -349,8 +457,7 @@ def plot_pca_variance(pc_variances: Sequence[float], path: str | Path, *, total_
     positive = share > 0  # a log axis cannot show a zero; such PCs get no bar
     ax.bar(k[positive], share[positive], color="tab:blue")
     ax.set_yscale("log")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("principal component")
+    _pc_axis(ax, v.size)
     ax.set_ylabel("share of " + ("chi's variance" if total_variance is not None else "the kept PCs' variance"))
     twin = ax.twinx()
     twin.plot(k, np.cumsum(share), color="tab:orange", marker=".")
@@ -358,27 +465,62 @@ def plot_pca_variance(pc_variances: Sequence[float], path: str | Path, *, total_
     twin.set_ylabel("cumulative share")
     ax.set_title(f"Variance of chi's {v.size} kept PCs: per PC (bars, left), cumulative (line, right)", fontsize=10)
     fig.tight_layout()
-    return save_png(fig, path)
+    return fig
+
+
+def plot_pca_variance(pc_variances: Sequence[float], path: str | Path, *, total_variance: float | None = None) -> Path:
+    """Each PC's share of the variance (bars, log scale) and the cumulative share (line).
+
+    Shares are of ``total_variance`` when given, else of the kept PCs' sum (aux.json stores only
+    the kept PCs' variances: with every PC kept, the two agree), and the axis says which. PCs
+    are numbered from 1 (``pc_ticks``), as in ``plot_pearson``.
+
+    Raises:
+        ValueError: if there are no variances, or any is negative or not finite.
+    """
+    return save_png(pca_variance_figure(pc_variances, total_variance=total_variance), path)
+
+
+def pearson_figure(aux_pearson: Sequence[float], ridge_pearson: Sequence[float],
+                   ceiling: Sequence[float] | None = None) -> Figure:
+    """The figure of ``plot_pearson``."""
+    aux = np.asarray(aux_pearson, dtype=np.float64).reshape(-1)
+    ridge = np.asarray(ridge_pearson, dtype=np.float64).reshape(-1)
+    if aux.size == 0 or aux.shape != ridge.shape:
+        raise ValueError(f"need one Pearson r per PC for both models, got {aux.size} (aux) and {ridge.size} "
+                         "(ridge); pass aux.json's 'pearson' and 'ridge'/'pearson'")
+    k = np.arange(1, aux.size + 1)
+    fig = Figure(figsize=(max(6.0, 0.12 * aux.size + 2), 3.5))
+    ax = fig.subplots()
+    ax.bar(k - 0.2, aux, width=0.4, label=f"aux model (mean {aux.mean():.3f})", color="tab:blue")
+    ax.bar(k + 0.2, ridge, width=0.4, label=f"ridge (mean {ridge.mean():.3f})", color="tab:gray")
+    ax.axhline(float(aux.mean()), color="tab:blue", lw=0.8, ls="--")
+    ax.axhline(float(ridge.mean()), color="tab:gray", lw=0.8, ls="--")
+    if ceiling is not None:
+        ceiling = np.asarray(ceiling, dtype=np.float64).reshape(-1)
+        ax.scatter(k, ceiling, marker="_", s=120, color="black", zorder=3,
+                   label=f"noise ceiling sqrt(reliability) (mean {ceiling.mean():.3f})")
+    _pc_axis(ax, aux.size)
+    ax.set_ylabel("validation Pearson r")
+    ax.set_ylim(min(0.0, float(min(aux.min(), ridge.min())) - 0.05), 1.0)
+    ax.set_title("Aux model accuracy per PC (held-out documents)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def plot_pearson(aux_pearson: Sequence[float], ridge_pearson: Sequence[float], path: str | Path,
                  ceiling: Sequence[float] | None = None) -> Path:
     """Per-PC validation Pearson of the aux model beside the ridge baseline (aux.json's 'pearson' and
-    'ridge'/'pearson') and each PC's noise ceiling ('noise_ceiling', when the run has chi_se); the
-    aux stage's own figure (``lit_susc.aux.plot``), drawn again here.
+    'ridge'/'pearson') and each PC's noise ceiling ('noise_ceiling', when the run has chi_se).
+
+    The aux stage's figure (``lit_susc.aux.plot``), drawn here on the report's PC axis
+    (``pc_ticks``: numbered from 1, as in ``plot_pca_variance``).
 
     Raises:
         ValueError: if the two lists are empty or differ in length.
     """
-    aux = torch.as_tensor(np.asarray(aux_pearson, dtype=np.float64).reshape(-1))
-    ridge = torch.as_tensor(np.asarray(ridge_pearson, dtype=np.float64).reshape(-1))
-    if aux.numel() == 0 or aux.shape != ridge.shape:
-        raise ValueError(f"need one Pearson r per PC for both models, got {aux.numel()} (aux) and {ridge.numel()} "
-                         "(ridge); pass aux.json's 'pearson' and 'ridge'/'pearson'")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _plot_aux_pearson(aux, ridge, path, None if ceiling is None else torch.as_tensor(np.asarray(ceiling, dtype=np.float64)))
-    return path
+    return save_png(pearson_figure(aux_pearson, ridge_pearson, ceiling), path, dpi=120)
 
 
 def plot_cluster_sizes(clusters_table: pa.Table, path: str | Path) -> Path:

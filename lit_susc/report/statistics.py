@@ -1,5 +1,6 @@
-"""The numbers the report's pages show: cluster profiles, frequent tokens, example tokens in
-context, and which components' chi is reliable enough to read.
+"""The numbers the report's pages show: cluster profiles, frequent tokens, token purity and the
+token-identity baseline, example tokens in context, and which components' chi is reliable enough
+to read.
 
 chi is read in blocks of tokens, once, to get every cluster's mean profile, so it never has to
 fit in memory.
@@ -20,13 +21,24 @@ from ..statistics import Moments
 from .config import ReportConfig
 from .inputs import CLUSTER_COLUMNS, Inputs
 
+IDENTITY_PURITY = 0.8
+"""A cluster whose purity is at least this is counted as one token type (``TokenIdentity``)."""
+
 
 @dataclass
 class Example:
     """One example token in its context, as far as the window reaches within that context."""
 
-    origin: str
-    """Where the token is: ``document:position`` (as much of it as the token table records)."""
+    row: int
+    """Its row in the token table (labels.parquet), which is also its node in the k-NN graph."""
+    label: int
+    """Its cluster."""
+    document: str | None
+    """Name of its document (None when the token table has no ``document`` column)."""
+    doc_id: int | None
+    """Index of its document (None without an integer ``doc_id`` column): names its page, documents/<doc_id>.html."""
+    position: int | None
+    """Its position in its document's token stream (None without a ``position`` column)."""
     left: list[str]
     """Token texts before it, in reading order."""
     token: str
@@ -36,6 +48,13 @@ class Example:
     """The context goes on before ``left``."""
     more_right: bool
     """The context goes on after ``right``."""
+
+    @property
+    def origin(self) -> str:
+        """Where the token is, as text: ``document:position`` (as much as the token table records),
+        else ``row <row>``."""
+        parts = [str(v) for v in (self.document, self.position) if v is not None]
+        return ":".join(parts) if parts else f"row {self.row}"
 
 
 @dataclass
@@ -54,14 +73,74 @@ class Cluster:
     """(token, count), most frequent first."""
     examples: list[Example]
     """Example tokens in reading order (ReportConfig.examples_per_cluster of them at most)."""
+    top_token: str
+    """Its most frequent token text (ties: the first in text order, as in ``top_tokens``)."""
+    top_count: int
+    """Its tokens whose text is ``top_token``: max_t n_ct."""
+    top_occurrences: int
+    """Rows of the whole token table (clustered or not) whose text is ``top_token``: N_top."""
+    seed_token: str
+    """Text of the seed node's token (row ``seed_node`` of the token table)."""
+
+    @property
+    def purity(self) -> float:
+        """Share of its tokens that are its most frequent token: max_t n_ct / n_c (``TokenIdentity``)."""
+        return self.top_count / self.size
+
+    @property
+    def coverage(self) -> float:
+        """Share of the occurrences of ``top_token`` in the token table that are in this cluster:
+        n_c,top / N_top. Purity 1 with coverage 1 is exactly that token type; with low coverage
+        the cluster picks some of the token's occurrences, which token identity alone cannot."""
+        return self.top_count / self.top_occurrences
 
 
-def summarize_clusters(inputs: Inputs, config: ReportConfig) -> list[Cluster]:
-    """Every cluster's profile, frequent tokens and examples in context, in label order."""
+@dataclass
+class TokenIdentity:
+    """How far the clusters are token types: the token-identity baseline of the index page.
+
+    With n_ct the tokens of cluster c whose text is t (by token text: ids that decode to the same
+    text count as one token) and n_c = sum_t n_ct:
+
+        purity(c)        = max_t n_ct / n_c
+        mean_purity      = sum_c max_t n_ct / sum_c n_c      (the share of clustered tokens that are
+                                                              their cluster's most frequent token)
+        shuffled_purity  = mean_purity of the same cluster sizes with the labels permuted at random
+                           among the clustered tokens (seeded): a clustering blind to token text
+        identity_share   = #{c : purity(c) >= IDENTITY_PURITY} / #clusters
+        identity_score   = (mean_purity - shuffled_purity) / (1 - shuffled_purity)
+
+    A clustering by token identity alone has mean_purity = 1 and identity_share = 1 (score 1);
+    one blind to token text has mean_purity = shuffled_purity (score 0 in expectation).
+    """
+
+    n_clusters: int
+    clustered_tokens: int
+    mean_purity: float
+    shuffled_purity: float
+    identity_clusters: int
+    """Clusters of purity >= IDENTITY_PURITY."""
+
+    @property
+    def identity_share(self) -> float:
+        return self.identity_clusters / self.n_clusters
+
+    @property
+    def identity_score(self) -> float:
+        """Where mean_purity lies from a token-blind clustering (0) to token identity (1):
+        (mean_purity - shuffled_purity) / (1 - shuffled_purity); NaN when shuffled_purity is 1
+        (every clustered token has the same text, so nothing tells the two apart)."""
+        gap = 1.0 - self.shuffled_purity
+        return (self.mean_purity - self.shuffled_purity) / gap if gap > 0 else float("nan")
+
+
+def summarize_clusters(inputs: Inputs, config: ReportConfig) -> tuple[list[Cluster], TokenIdentity | None]:
+    """Every cluster's profile, frequent tokens, purity and examples in context, in label order;
+    and the clustering's ``TokenIdentity`` (None without clusters)."""
     table = inputs.clusters
     n_clusters = table.num_rows
     if n_clusters == 0:
-        return []
+        return [], None
     labels = inputs.labels.column("label").to_numpy()
     cluster_labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
     # position of each token's cluster in ``cluster_labels`` (sorted), -1 for unclustered tokens
@@ -70,15 +149,23 @@ def summarize_clusters(inputs: Inputs, config: ReportConfig) -> list[Cluster]:
     sizes = np.asarray(table.column("size").to_pylist(), dtype=np.float64)
     profiles = cluster_profiles(inputs.input_dir, index, sizes, config)
     top = frequent_tokens(inputs.labels, config.top_tokens)
+    types, texts = token_types(inputs.labels)
+    top_count, top_type = top_token_counts(types, index, n_clusters)
+    occurrences = np.bincount(types, minlength=len(texts))
+    identity = token_identity(types, index, top_count, seed=config.example_seed)
     # token rows grouped by cluster, in row order: the unclustered (-1) first, then cluster 0, 1, ...
     members = np.split(np.argsort(index, kind="stable"), np.cumsum(np.bincount(index + 1, minlength=n_clusters + 1)))
     columns = {c: table.column(c).to_pylist() for c in CLUSTER_COLUMNS}
     examples = cluster_examples(inputs.labels, members[1:n_clusters + 1], cluster_labels, config)
-    return [Cluster(label=int(columns["label"][i]), size=int(columns["size"][i]),
-                    conductance=float(columns["conductance"][i]), volume=float(columns["volume"][i]),
-                    seed_node=int(columns["seed_node"][i]), round=int(columns["round"][i]), profile=profiles[i],
-                    top_tokens=top.get(int(cluster_labels[i]), []), examples=examples[i])
-            for i in range(n_clusters)]
+    seeds = inputs.labels.column("token").take(pa.array(columns["seed_node"], pa.int64())).to_pylist()
+    clusters = [Cluster(label=int(columns["label"][i]), size=int(columns["size"][i]),
+                        conductance=float(columns["conductance"][i]), volume=float(columns["volume"][i]),
+                        seed_node=int(columns["seed_node"][i]), round=int(columns["round"][i]), profile=profiles[i],
+                        top_tokens=top.get(int(cluster_labels[i]), []), examples=examples[i],
+                        top_token=texts[top_type[i]], top_count=int(top_count[i]),
+                        top_occurrences=int(occurrences[top_type[i]]), seed_token=seeds[i])
+                for i in range(n_clusters)]
+    return clusters, identity
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -130,6 +217,52 @@ def frequent_tokens(labels: pa.Table, top: int) -> dict[int, list[tuple[str, int
     return out
 
 
+def token_types(labels: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """(type of each row [N] int64, the type texts): rows of equal token text share a type, and
+    types are numbered in text order (arrow's, as ``frequent_tokens`` sorts), so the smallest
+    type of a tie is the token ``frequent_tokens`` lists first."""
+    encoded = pc.dictionary_encode(labels.column("token").combine_chunks())
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[encoded.indices.to_numpy()], encoded.dictionary.take(pa.array(order)).to_pylist()
+
+
+def top_token_counts(types: np.ndarray, index: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """(max_t n_ct, the t attaining it) per cluster, [n_clusters] each, ties to the smallest type.
+
+    ``types``: each row's token type (``token_types``); ``index``: each row's cluster in
+    0..n_clusters-1, or -1 (unclustered, not counted). One sort of the clustered rows' (cluster,
+    type) keys: O(N log N), whatever the number of clusters and types.
+    """
+    mine = index >= 0
+    n_types = int(types.max()) + 1 if types.size else 1
+    keys, counts = np.unique(index[mine] * n_types + types[mine], return_counts=True)
+    cluster, kind = keys // n_types, keys % n_types
+    # per cluster the largest count first, among equal counts the smallest type
+    order = np.lexsort((kind, -counts, cluster))
+    first = order[np.unique(cluster[order], return_index=True)[1]]
+    top_count, top_type = np.zeros(n_clusters, np.int64), np.zeros(n_clusters, np.int64)
+    top_count[cluster[first]], top_type[cluster[first]] = counts[first], kind[first]
+    return top_count, top_type
+
+
+def token_identity(types: np.ndarray, index: np.ndarray, top_count: np.ndarray, seed: int) -> TokenIdentity:
+    """The ``TokenIdentity`` of a clustering (its docstring gives the formulas).
+
+    ``top_count``: max_t n_ct per cluster (``top_token_counts``); the shuffled clustering is one
+    permutation drawn with ``numpy.random.default_rng(seed)``, so a rebuilt report shows the same number.
+    """
+    mine = index >= 0
+    sizes = np.bincount(index[mine], minlength=len(top_count))
+    shuffled = index[mine][np.random.default_rng(seed).permutation(int(mine.sum()))]
+    shuffled_top, _ = top_token_counts(types[mine], shuffled, len(top_count))
+    total = int(sizes.sum())
+    return TokenIdentity(n_clusters=len(top_count), clustered_tokens=total,
+                         mean_purity=float(top_count.sum() / total), shuffled_purity=float(shuffled_top.sum() / total),
+                         identity_clusters=int((top_count >= IDENTITY_PURITY * sizes).sum()))
+
+
 def context_windows(context: np.ndarray, offset: np.ndarray, left: int, right: int) -> tuple[np.ndarray, np.ndarray]:
     """How far each row's window reaches within its context: (rows before it, rows after it).
 
@@ -175,16 +308,19 @@ def cluster_examples(labels: pa.Table, members: list[np.ndarray], cluster_labels
     needed = np.unique(np.concatenate([np.arange(r - min(b, left), r + min(a, right) + 1)
                                        for r, b, a in zip(flat, before, after)]))
     text = dict(zip(needed.tolist(), labels.column("token").take(pa.array(needed)).to_pylist()))
-    where = {c: dict(zip(flat.tolist(), labels.column(c).take(pa.array(flat)).to_pylist()))
-             for c in ("document", "position") if c in labels.column_names}
+    # doc_id names a page file, so only an integer one is used
+    recorded = [c for c in ("document", "doc_id", "position") if c in labels.column_names
+                and (c != "doc_id" or pa.types.is_integer(labels.schema.field(c).type))]
+    where = {c: dict(zip(flat.tolist(), labels.column(c).take(pa.array(flat)).to_pylist())) for c in recorded}
     out, pos = [], 0
-    for rows in chosen:
+    for label, rows in zip(cluster_labels.tolist(), chosen):
         examples = []
         for r in rows.tolist():
             b, a = int(before[pos]), int(after[pos])
             pos += 1
             examples.append(Example(
-                origin=":".join(str(where[c][r]) for c in ("document", "position") if c in where),
+                row=r, label=label,
+                **{c: where[c][r] if c in where else None for c in ("document", "doc_id", "position")},
                 left=[text[j] for j in range(r - min(b, left), r)], token=text[r],
                 right=[text[j] for j in range(r + 1, r + min(a, right) + 1)],
                 more_left=b > left, more_right=a > right))

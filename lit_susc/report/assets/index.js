@@ -3,7 +3,8 @@
   if (!table) return;
   const body = table.tBodies[0], rows = Array.from(body.rows);
   const search = document.getElementById('search'), shown = document.getElementById('shown');
-  const defaults = {size: 'desc', conductance: 'asc', label: 'asc'};
+  // first click: largest, best separated, most mixed (least token-identity-like), first label
+  const defaults = {size: 'desc', conductance: 'asc', purity: 'asc', label: 'asc'};
   const state = {sort: 'size', dir: 'desc', q: ''};
   const params = new URLSearchParams(location.hash.slice(1));
   if (params.get('sort') in defaults) state.sort = params.get('sort');
