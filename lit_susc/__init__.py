@@ -9,12 +9,14 @@ from .components import discover_components, resolve_components, select_componen
 from .config import ComputeConfig, SGLDConfig
 from .influence import BIFResult
 from .langevin import SGLD, RMSPropSGLD
+from .pipeline_run import PipelineRun, load_run
 from .result import SusceptibilityResult, read_chi, read_chi_se
 
 __all__ = [
     "SGLD",
     "BIFResult",
     "ComputeConfig",
+    "PipelineRun",
     "RMSPropSGLD",
     "SGLDConfig",
     "SusceptibilityResult",
@@ -22,6 +24,7 @@ __all__ = [
     "discover_components",
     "estimate_bif",
     "estimate_susceptibilities",
+    "load_run",
     "read_chi",
     "read_chi_se",
     "resolve_components",

@@ -371,8 +371,6 @@ def claim(directory: str | Path, identity: dict, *, record: str, other: str,
             a fresh directory holds foreign entries.
     """
     directory = Path(directory)
-    if write:
-        hold(directory)
     finished = is_finished(directory, marker)
     path = directory / record
     if path.exists() and (resumable or finished):
@@ -380,6 +378,8 @@ def claim(directory: str | Path, identity: dict, *, record: str, other: str,
                                    "start over")
         recorded = view(recorded) if view is not None else recorded
         if recorded == identity:
+            if not finished and write:
+                hold(directory)
             return "finished" if finished else "resume"
         differ = ", ".join(sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k)))
         left = replaceable(directory) if replaceable is not None and resumable and not finished else None
@@ -388,6 +388,7 @@ def claim(directory: str | Path, identity: dict, *, record: str, other: str,
                                     "choose a new output directory, or delete this one to start over")
         if not write:
             return "fresh"
+        hold(directory)
         print(f"lit-susc: {directory} held an unfinished run with other settings (differs in: {differ}) that "
               f"{left}; replacing it", flush=True)
         _remove_entries(directory, scratch)
@@ -399,6 +400,11 @@ def claim(directory: str | Path, identity: dict, *, record: str, other: str,
             raise RunDirectoryError(f"{directory} is not empty and holds no run of this stage "
                                     f"({', '.join(foreign[:5])}); choose a new output directory, or move "
                                     "those files away")
+    # Checked first, so that a refused directory is left as it was. A stage that records its identity
+    # last does not create its directory for the lock: its refusals leave nothing behind, and its
+    # outputs are atomic and deterministic, so two such processes write the same files.
+    if write and (resumable or directory.exists()):
+        hold(directory)
     if resumable and write:
         write_json(path, identity)
     return "fresh"

@@ -260,3 +260,32 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for init to reap it has ended
         return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def test_load_run_reads_every_stage_of_a_finished_pipeline(pipeline):
+    """Oracle: each stage's own reader (SusceptibilityResult.load, the cluster's Parquet files, read_chi
+    of the predictions)."""
+    import pyarrow.parquet as pq
+
+    from lit_susc import SusceptibilityResult, load_run, read_chi
+
+    tmp, _, _ = pipeline
+    out = tmp / "run"
+    run_ = load_run(out)
+    sample = SusceptibilityResult.load(out / "sample")
+    assert torch.equal(run_.chi, sample.chi) and torch.equal(run_.chi_se, sample.chi_se)
+    assert run_.components == sample.components and run_.tokens.equals(sample.tokens)
+    assert run_.llc == sample.llc and run_.reliability == sample.reliability
+    assert set(run_.diagnostics) == set(sample.components)
+    assert run_.labels.equals(pq.read_table(out / "cluster" / "labels.parquet"))
+    assert run_.clusters.num_rows == pq.read_table(out / "cluster" / "clusters.parquet").num_rows
+    assert torch.equal(run_.predicted_chi(0, 50), read_chi(out / "aux_predict", 0, 50))
+    assert run_.leak.num_rows > 0 and run_.report == out / "report" / "index.html"
+    assert all(run_.finished[s] for s in STAGES[1:]) and not run_.finished["model"]
+
+
+def test_load_run_of_a_directory_without_a_sampling_run_says_what_to_run(tmp_path):
+    from lit_susc import load_run
+
+    with pytest.raises(FileNotFoundError, match="Run the pipeline"):
+        load_run(tmp_path)
