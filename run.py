@@ -77,7 +77,8 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError, FloatingPointError, ChainDivergedError, StageFailedError) as err:
         if os.environ.get("LIT_SUSC_DEBUG"):
             raise
-        print(f"lit-susc: error: {err}", file=sys.stderr)
+        # one line, whatever the message quotes (a library's reason may span several)
+        print("lit-susc: error:", " ".join(str(err).split()), file=sys.stderr)
         sys.exit(2)
 
 

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from .engine import REQUIRED_CALLBACKS, bif_callbacks, run_bif, run_sampling, with_required_callbacks
@@ -14,7 +15,7 @@ from .influence import BIFResult
 from .lm import LMInfluence, LMSusceptibilities, lm_influence, lm_susceptibilities
 from .result import SusceptibilityResult
 from .schedule import rounds
-from .stage_cli import explain
+from .stage_cli import check_config_files, explain
 from .strategy import IndependentChainsStrategy, chains_strategy
 
 HOW_TO_READ = """\
@@ -72,7 +73,7 @@ class SamplerCLI(LightningCLI):
         build_module, run_command = COMMANDS[command]
         super().__init__(
             model_class=build_module, save_config_callback=None, run=False,
-            parser_kwargs={"prog": f"lit-susc {command}", "description": run_command.__doc__},
+            parser_kwargs={"prog": f"lit-susc {command}", "description": run_command.__doc__, "exit_on_error": False},
             trainer_defaults={"logger": False, "enable_checkpointing": False, "max_epochs": 1,
                               "use_distributed_sampler": False, "num_sanity_val_steps": 0,
                               "enable_model_summary": False},
@@ -94,11 +95,12 @@ class SamplerCLI(LightningCLI):
 def main(argv: list[str] | None = None):
     """``argv``: the command (``sample`` or ``bif``) and its options; returns the command's result."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    check_config_files(argv)
     with warnings.catch_warnings():  # LightningCLI warns when args and sys.argv both exist, as under run.py
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         try:
             cli = SamplerCLI(argv[0], args=argv[1:])
-        except ValueError as err:  # a setting's own check, as jsonargparse wraps it
+        except (ArgumentError, ValueError) as err:  # a bad option or value; a setting's own check, as jsonargparse wraps it
             raise ValueError(explain(err)) from err
     run_command = COMMANDS[argv[0]][1]
     return run_command(cli.trainer, cli.model, config_text=cli.parser.dump(cli.config, skip_none=False))

@@ -57,9 +57,14 @@ def iter_texts(
     sorted by relative path), or else a HuggingFace dataset name loaded with ``split`` and
     ``streaming``. At most ``max_documents`` documents are yielded.
 
+    A source that exists, or that starts with ``/``, ``.`` or ``~``, is a local path
+    (``looks_like_path``); anything else is a dataset name.
+
     Raises:
-        ValueError: if ``max_documents`` < 1, a path-like source is missing or of unknown type,
-            a record lacks ``text_column``, or the source held no documents.
+        ValueError: if ``max_documents`` < 1, a local source is missing or of unknown type, a file is
+            not UTF-8 or a .jsonl line not a JSON object with a string ``text_column`` (the message
+            names the file and line), the hub cannot be reached for a dataset name, or the source
+            held no documents.
     """
     if max_documents is not None and max_documents < 1:
         raise ValueError(f"max_documents must be >= 1 or None, got {max_documents}")
@@ -94,18 +99,56 @@ def _iter_source(source: str, *, split: str, text_column: str, streaming: bool) 
     path = Path(source).expanduser()
     if path.is_dir():
         for file in sorted(path.rglob("*.txt"), key=lambda p: p.relative_to(path).as_posix()):
-            yield Document(file.relative_to(path).as_posix(), file.read_text(encoding="utf-8"))
+            yield Document(file.relative_to(path).as_posix(), _decode(file.read_bytes(), file))
     elif path.is_file():
         if path.suffix == ".txt":
-            yield Document(path.name, path.read_text(encoding="utf-8"))
+            yield Document(path.name, _decode(path.read_bytes(), path))
         elif path.suffix == ".jsonl":
             yield from _iter_jsonl(path, text_column)
         else:
             raise ValueError(f"local file {source!r} must be .txt (one document) or .jsonl (one per line)")
     elif path.suffix in {".txt", ".jsonl"}:
         raise ValueError(f"file {source!r} does not exist; pass an existing .txt/.jsonl path")
+    elif looks_like_path(source):
+        raise ValueError(f"data source {source} does not exist; pass an existing .txt/.jsonl file or directory "
+                         "of .txt files (or a dataset name such as NeelNanda/pile-10k)")
     else:
         yield from _iter_hf_dataset(source, split=split, text_column=text_column, streaming=streaming)
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` (a model or a data source) means a local path rather than a hub name: it
+    exists, or starts with ``/``, ``.`` or ``~``. A hub name (``name`` or ``namespace/name``) starts
+    with none of them, so a mistyped path is reported as missing instead of being looked up on the hub."""
+    return name.startswith(("/", ".", "~")) or os.path.isabs(name) or Path(name).expanduser().exists()
+
+
+def hub_unreachable() -> str | None:
+    """Why the HuggingFace hub cannot be reached from here, or None when it answers.
+
+    Asks once, without retries: transformers and datasets retry a failed connection for about 30 s
+    before they give up (or read their cache). ``HF_HUB_OFFLINE`` counts as unreachable.
+    """
+    from huggingface_hub import constants, get_session
+    from huggingface_hub.utils import OfflineModeIsEnabled, httpx  # httpx: the hub's HTTP client, any version
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)  # any answer will do
+    except (httpx.TransportError, OfflineModeIsEnabled) as err:
+        return f"{constants.ENDPOINT}: {type(err).__name__}: {err}"
+    return None
+
+
+def _decode(data: bytes, path: Path, line: int = 1) -> str:
+    """``data`` (the bytes of ``path`` from its ``line``) as UTF-8; a ValueError naming the file and line where it is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line += data.count(b"\n", 0, err.start)
+        raise ValueError(f"{path}:{line} is not UTF-8 ({err.reason}: byte 0x{data[err.start]:02x}); lit-susc reads "
+                         "text as UTF-8: convert the file (e.g. iconv -f LATIN1 -t UTF-8)") from err
 
 
 def _iter_stdlib() -> Iterator[Document]:
@@ -125,24 +168,55 @@ def _iter_stdlib() -> Iterator[Document]:
 
 
 def _iter_jsonl(path: Path, text_column: str) -> Iterator[Document]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    # Bytes, split at newlines only: the line numbers in messages are what an editor shows.
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode(raw, path, lineno)
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                # json's msg ends in " at" before the position it leaves out
+                raise ValueError(f"{path}:{lineno}:{err.colno} is not valid JSON: {err.msg.removesuffix(' at')}; "
+                                 "a .jsonl file holds one JSON object per line") from err
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno} holds a JSON {type(record).__name__}, not an object with a "
+                                 f"{text_column!r} field")
             if text_column not in record:
                 raise ValueError(f"{path}:{lineno} has no field {text_column!r}; pass text_column= one of {sorted(record)}")
-            yield Document(f"{path.name}:{lineno}", record[text_column])
+            text = record[text_column]
+            if text is not None and not isinstance(text, str):
+                raise ValueError(f"{path}:{lineno}: field {text_column!r} is not a string but {type(text).__name__} "
+                                 f"{text!r:.40}")
+            yield Document(f"{path.name}:{lineno}", text)
 
 
 def _iter_hf_dataset(source: str, *, split: str, text_column: str, streaming: bool) -> Iterator[Document]:
     import datasets  # Only needed for hub/cached datasets; slow to import.
 
-    dataset = datasets.load_dataset(source, split=split, streaming=streaming)
+    # Offline (HF_HUB_OFFLINE), datasets reads its cache at once; online it would retry for 30 s first.
+    offline = datasets.config.HF_HUB_OFFLINE
+    unreachable = None if offline else hub_unreachable()
+    if unreachable:
+        raise _no_hub_for(source, split, unreachable, offline=False)
+    try:
+        dataset = datasets.load_dataset(source, split=split, streaming=streaming)
+    except ConnectionError as err:  # offline and not in the cache, or the hub went away since it answered
+        raise _no_hub_for(source, split, str(err), offline) from err
     if dataset.column_names is not None and text_column not in dataset.column_names:
         raise ValueError(f"dataset {source!r} has no column {text_column!r}; pass text_column= one of {dataset.column_names}")
     for i, record in enumerate(dataset):
         yield Document(f"{source}/{split}/{i}", record[text_column])
+
+
+def _no_hub_for(source: str, split: str, reason: str, offline: bool) -> ValueError:
+    """What to do about a hub dataset that cannot be read (``offline``: HF_HUB_OFFLINE is set already)."""
+    cached = "" if offline else ", or with the dataset in your datasets cache set HF_HUB_OFFLINE=1"
+    return ValueError(f"data.source {source!r} is a hub dataset and the hub is out of reach ({reason}); where it "
+                      f"is reachable, write the dataset to a .jsonl file (datasets.load_dataset({source!r}, "
+                      f"split={split!r}).to_json('data.jsonl')), copy it here and set data.source: "
+                      f"/path/to/data.jsonl{cached}")
 
 
 def train_bpe_tokenizer(documents: Iterable[Document], vocab_size: int, out_dir: str | os.PathLike) -> PreTrainedTokenizerFast:

@@ -60,6 +60,7 @@ Digests
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import fnmatch
 import hashlib
@@ -102,6 +103,17 @@ class CorruptFileError(ValueError):
     """
 
 
+class DiskFullError(ValueError):
+    """A file could not be written: its disk (or the user's quota) is full. The message names the file.
+
+    A ValueError, so the command line reports it as one ``lit-susc: error:`` line (exit status 2).
+    """
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errnos of a write that found no space: the disk is full, or the user's quota (clusters' usual case)."""
+
+
 # ----------------------------------------------------------------------------- atomic writes
 
 
@@ -112,7 +124,8 @@ def atomic_path(path: str | Path, suffix: str = "", checksum: bool = False) -> I
 
     ``suffix`` ends the temporary name, for writers that append or infer one (``np.save``: .npy,
     ``scipy.sparse.save_npz``: .npz, ``Figure.savefig``: the format). ``checksum``: record the
-    file's sha256 beside it (module docstring, Checksums).
+    file's sha256 beside it (module docstring, Checksums). A write that finds the disk full raises
+    DiskFullError naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +137,15 @@ def atomic_path(path: str | Path, suffix: str = "", checksum: bool = False) -> I
             # the previous version's digest must never stand beside this version
             checksum_path(path).unlink(missing_ok=True)
         tmp.replace(path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        # Writers that wrap the OS's error in their own (safetensors: "... (os error 28)") keep its text;
+        # a DiskFullError of a file written inside this block already names that file.
+        full = getattr(err, "errno", None) in _FULL or any(os.strerror(code) in str(err) for code in _FULL)
+        if full and not isinstance(err, DiskFullError):
+            reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:200]
+            raise DiskFullError(f"cannot write {path}: {reason} (the disk or your quota is full); free space on the "
+                                f"disk of {path.parent} and rerun the command") from err
         raise
     if checksum:
         _write_checksum(path, digest)

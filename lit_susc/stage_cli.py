@@ -10,27 +10,64 @@ loading a model or running anything: a typo in ``cluster:`` is found before the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 Settings = TypeVar("Settings")
 
 
 def settings_parser(settings: type, prog: str, description: str | None) -> ArgumentParser:
-    """``--config FILE`` and one option per field of the dataclass ``settings``."""
-    parser = ArgumentParser(prog=prog, description=description)
+    """``--config FILE`` and one option per field of the dataclass ``settings``; a bad value raises
+    ArgumentError (``exit_on_error=False``) instead of printing the usage."""
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of the fields below")
     parser.add_class_arguments(settings)
     return parser
 
 
 def parse_settings(settings: type[Settings], argv: list[str] | None, prog: str, description: str | None) -> Settings:
-    """The dataclass ``settings`` from the command line (its ``__post_init__`` checks run)."""
-    cfg = settings_parser(settings, prog, description).parse_args(argv)
+    """The dataclass ``settings`` from the command line (its ``__post_init__`` checks run); a ValueError
+    of one line (``explain``) when the command line or a config file is wrong."""
+    argv = sys.argv[1:] if argv is None else argv
+    check_config_files(argv)
+    try:
+        cfg = settings_parser(settings, prog, description).parse_args(argv)
+    except ArgumentError as err:
+        raise ValueError(explain(err)) from err
     return settings(**{f.name: cfg[f.name] for f in fields(settings)})
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML file ``path``; a ValueError naming the file, line and column when it is not valid YAML."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """``read_yaml`` every ``--config`` (LightningCLI: ``-c``) file of ``argv``: jsonargparse reports a YAML error
+    with neither the file's name nor a line of it (a value that is no file is left to jsonargparse, which
+    takes YAML text too)."""
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.removeprefix("--config=")
+        else:
+            continue
+        if Path(value).is_file():
+            read_yaml(value)
 
 
 def _stage_settings(stage: str) -> tuple[type | Callable, str | None, bool]:
@@ -87,13 +124,22 @@ def check_section(stage: str, section: dict[str, Any]) -> None:
         raise ValueError(f"the {stage} section: {explain(err)}") from err
 
 
+_PARSER_KEY = re.compile(r'Parser key "([^"]*)":\s*(.*)')
+"""jsonargparse's 'Parser key "model.data":' line, with the reason after it when it fits on the line."""
+
+
 def explain(err: Exception) -> str:
     """The reason in a jsonargparse error, without its header: a value that fits neither of ``X | None``
     is reported as "Does not validate against any of the Union subtypes", the real reason several
     lines down, among the subtypes' errors."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    key = next((line.removeprefix("Parser key ").rstrip(":").strip('"') for line in lines
-                if line.startswith("Parser key")), None)
+    lines = []  # each 'Parser key "k":' as "Parser key k", and a reason after it on the same line as a line of its own
+    for line in (line.strip() for line in str(err).splitlines()):
+        if parser_key := _PARSER_KEY.match(line):
+            lines.append(f"Parser key {parser_key[1]}")
+            line = parser_key[2]
+        if line:
+            lines.append(line)
+    key = next((line.removeprefix("Parser key ") for line in lines if line.startswith("Parser key")), None)
     if "Errors:" in lines:
         errors = lines[lines.index("Errors:") + 1:]
         errors = errors[:next((i for i, line in enumerate(errors) if line.startswith("Given value")), len(errors))]
@@ -104,7 +150,7 @@ def explain(err: Exception) -> str:
     reasons, inner = [], None  # a nested "Parser key" names the field of the reason that follows it
     for line in errors:
         if line.startswith("Parser key"):
-            inner = line.removeprefix("Parser key ").rstrip(":").strip('"')
+            inner = line.removeprefix("Parser key ")
         else:
             reasons.append(f"{inner}: {line}" if inner else line)
             inner = None

@@ -35,7 +35,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lit_susc.corpus import load_texts, make_contexts, train_bpe_tokenizer
+from lit_susc.corpus import (
+    encode_texts,
+    hub_unreachable,
+    load_texts,
+    looks_like_path,
+    make_contexts,
+    train_bpe_tokenizer,
+)
 from lit_susc.rundir import CorruptFileError, is_finished, read_json, sha256_of, write_json
 
 SUMMARY_FILE = "train_summary.json"
@@ -320,12 +327,40 @@ def load_causal_lm(
     """Load a causal LM and its tokenizer in eval mode from the hub or a local directory.
 
     E.g. ``load_causal_lm("EleutherAI/pythia-14m", revision="step1000")`` for a Pythia training
-    checkpoint, or ``load_causal_lm(train_tiny_lm(out_dir))`` offline.
+    checkpoint, or ``load_causal_lm(train_tiny_lm(out_dir))`` offline. A name that exists or starts
+    with ``/``, ``.`` or ``~`` is a local directory (lit_susc.corpus.looks_like_path). When the hub
+    cannot be reached, a hub name is read from the local cache at once.
+
+    Raises:
+        ValueError: the directory does not exist, the hub cannot be reached and the model is not
+            cached, transformers cannot load it (its reason), or the tokenizer files are missing.
     """
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype
-    )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    name, directory = str(name_or_path), Path(name_or_path).expanduser()
+    local = looks_like_path(name)
+    if local and not directory.is_dir():
+        state = "is not a directory" if directory.exists() else "does not exist"
+        raise ValueError(f"model directory {name} {state}; pretrained is a hub name (EleutherAI/pythia-14m) or "
+                         "a directory with config.json, the weights and the tokenizer files")
+    # transformers retries a hub it cannot reach for about 30 s before it reads its cache
+    unreachable = None if local else hub_unreachable()
+    options = {"revision": revision, "trust_remote_code": trust_remote_code, "local_files_only": unreachable is not None}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **options)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **options)
+    except OSError as err:  # transformers' word for a model it cannot find or read
+        if unreachable:
+            raise ValueError(
+                f"model {name!r} is neither a local directory nor in the hub cache, and the hub is out of reach "
+                f"({unreachable}); where it is reachable, download it (huggingface-cli download {name} --local-dir "
+                "models/<name>), copy the directory here and set pretrained: /path/to/models/<name> "
+                "(README, \"Configs for real models\")") from err
+        raise ValueError(f"cannot load model {name!r}: {err}") from err
+    if not encode_texts(tokenizer, ["hello world"])[0]:
+        # transformers builds an empty tokenizer when the files are missing; every text is then no tokens
+        present = f" ({name} holds {', '.join(sorted(p.name for p in directory.iterdir()))})" if local else ""
+        raise ValueError(f"model {name!r} has no tokenizer files{present}: it needs tokenizer.json (or "
+                         "tokenizer.model, or vocab.json with merges.txt) and tokenizer_config.json; copy them from "
+                         "where the model came from")
     return model.eval(), tokenizer
 
 

@@ -135,7 +135,7 @@ def _merged(base: dict, change: dict) -> dict:
     ("cluster", {"alhpa": 1e-3}, "the cluster section: Option 'alhpa' is not accepted"),
     ("report", {"examples_per_cluster": "many"}, "the report section: examples_per_cluster"),
     ("aux_fit", {"model": {"l1": "strong"}}, "the aux_fit section: model"),
-    ("sample", {"model": {"sgld": {"lr": -1e-3}}}, "the sample section: SGLDConfig.lr"),
+    ("sample", {"model": {"sgld": {"lr": -1e-3}}}, "the sample section: sgld.lr must be a finite number > 0"),
 ])
 def test_a_bad_field_in_any_section_is_refused_before_the_first_stage(tiny_lm_dir, tmp_path, capsys, section, change,
                                                                       message):
@@ -242,7 +242,7 @@ def test_a_killed_pipeline_ends_its_running_stage(tiny_lm_dir, tmp_path, how):
         assert parent.poll() is None and time.time() < deadline, parent.stderr.read() if parent.poll() else "timeout"
         time.sleep(0.2)
     stage = json.loads(record.read_text())["pid"]
-    time.sleep(8)  # well into the stage's start-up
+    time.sleep(3)  # into the stage's start-up (it sets PR_SET_PDEATHSIG first, or sees its parent gone)
     parent.send_signal(how)
     code = parent.wait(timeout=60)
     deadline = time.time() + 60

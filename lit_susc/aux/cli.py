@@ -11,8 +11,10 @@ import inspect
 import sys
 import warnings
 
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from ..stage_cli import check_config_files, explain
 from .fit import fit_aux
 from .predict import upsample
 
@@ -29,7 +31,8 @@ class AuxCLI(LightningCLI):
         self.stage = STAGES[command]
         super().__init__(
             save_config_callback=None, seed_everything_default=0, run=False,
-            parser_kwargs={"prog": f"lit-susc aux {command}", "description": self.stage.__doc__},
+            parser_kwargs={"prog": f"lit-susc aux {command}", "description": self.stage.__doc__,
+                           "exit_on_error": False},
             trainer_defaults={"enable_checkpointing": False, "enable_model_summary": False, "max_epochs": 30,
                               "num_sanity_val_steps": 0},
             args=args, auto_configure_optimizers=False, load_from_checkpoint_support=False,
@@ -59,8 +62,12 @@ def main(argv: list[str] | None = None):
             print("usage: lit-susc aux {fit,predict} --config FILE   (lit-susc aux fit --help for its options)")
             return None
         raise ValueError(f"aux needs its stage first: 'aux fit' or 'aux predict', got {' '.join(argv[:1]) or 'nothing'}")
+    check_config_files(argv)
     with warnings.catch_warnings():  # LightningCLI warns when args and sys.argv both exist, as here
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = AuxCLI(argv[0], args=argv[1:])
+        try:
+            cli = AuxCLI(argv[0], args=argv[1:])
+        except (ArgumentError, ValueError) as err:  # a bad option or value; a setting's own check, as jsonargparse wraps it
+            raise ValueError(explain(err)) from err
     settings = {name: cli.config_init[name] for name in inspect.signature(cli.stage).parameters if name not in FILLED_IN}
     return cli.stage(cli.trainer, **settings, config_text=cli.parser.dump(cli.config, skip_none=False))
