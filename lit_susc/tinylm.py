@@ -317,6 +317,32 @@ def train_tiny_lm(
     return model_dir
 
 
+def _sources(name: str, revision: str | None, trust_remote_code: bool) -> tuple[dict, str | None]:
+    """``from_pretrained``'s options for ``name``, and why the hub is out of reach (None: it is not,
+    or ``name`` is a local directory, which must then exist)."""
+    directory = Path(name).expanduser()
+    local = looks_like_path(name)
+    if local and not directory.is_dir():
+        state = "is not a directory" if directory.exists() else "does not exist"
+        raise ValueError(f"model directory {name} {state}; pretrained is a hub name (EleutherAI/pythia-14m) or "
+                         "a directory with config.json, the weights and the tokenizer files")
+    # transformers retries a hub it cannot reach for about 30 s before it reads its cache
+    unreachable = None if local else hub_unreachable()
+    return {"revision": revision, "trust_remote_code": trust_remote_code,
+            "local_files_only": unreachable is not None}, unreachable
+
+
+def _not_loaded(name: str, unreachable: str | None, err: OSError) -> ValueError:
+    """transformers' OSError for a model it cannot find or read, said as what to do."""
+    if unreachable:
+        return ValueError(
+            f"model {name!r} is neither a local directory nor in the hub cache, and the hub is out of reach "
+            f"({unreachable}); where it is reachable, download it (huggingface-cli download {name} --local-dir "
+            "models/<name>), copy the directory here and set pretrained: /path/to/models/<name> "
+            "(README, \"Configs for real models\")")
+    return ValueError(f"cannot load model {name!r}: {err}")
+
+
 def load_causal_lm(
     name_or_path: str | os.PathLike,
     *,
@@ -336,28 +362,15 @@ def load_causal_lm(
             cached, transformers cannot load it (its reason), or the tokenizer files are missing.
     """
     name, directory = str(name_or_path), Path(name_or_path).expanduser()
-    local = looks_like_path(name)
-    if local and not directory.is_dir():
-        state = "is not a directory" if directory.exists() else "does not exist"
-        raise ValueError(f"model directory {name} {state}; pretrained is a hub name (EleutherAI/pythia-14m) or "
-                         "a directory with config.json, the weights and the tokenizer files")
-    # transformers retries a hub it cannot reach for about 30 s before it reads its cache
-    unreachable = None if local else hub_unreachable()
-    options = {"revision": revision, "trust_remote_code": trust_remote_code, "local_files_only": unreachable is not None}
+    options, unreachable = _sources(name, revision, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **options)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **options)
     except OSError as err:  # transformers' word for a model it cannot find or read
-        if unreachable:
-            raise ValueError(
-                f"model {name!r} is neither a local directory nor in the hub cache, and the hub is out of reach "
-                f"({unreachable}); where it is reachable, download it (huggingface-cli download {name} --local-dir "
-                "models/<name>), copy the directory here and set pretrained: /path/to/models/<name> "
-                "(README, \"Configs for real models\")") from err
-        raise ValueError(f"cannot load model {name!r}: {err}") from err
+        raise _not_loaded(name, unreachable, err) from err
     if not encode_texts(tokenizer, ["hello world"])[0]:
         # transformers builds an empty tokenizer when the files are missing; every text is then no tokens
-        present = f" ({name} holds {', '.join(sorted(p.name for p in directory.iterdir()))})" if local else ""
+        present = f" ({name} holds {', '.join(sorted(p.name for p in directory.iterdir()))})" if looks_like_path(name) else ""
         raise ValueError(f"model {name!r} has no tokenizer files{present}: it needs tokenizer.json (or "
                          "tokenizer.model, or vocab.json with merges.txt) and tokenizer_config.json; copy them from "
                          "where the model came from")
@@ -367,7 +380,12 @@ def load_causal_lm(
 def load_causal_lm_on_meta(name_or_path: str | os.PathLike, *, revision: str | None = None,
                            trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM built from its config alone on the meta device: its parameters' names and shapes,
-    no weights read (only config.json is needed, so a 7B model's layout costs nothing)."""
-    config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    no weights read (only config.json is needed, so a 7B model's layout costs nothing). Found as
+    ``load_causal_lm`` finds a model, with the same errors."""
+    options, unreachable = _sources(str(name_or_path), revision, trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **options)
+    except OSError as err:
+        raise _not_loaded(str(name_or_path), unreachable, err) from err
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
