@@ -83,9 +83,10 @@ def test_a_mistyped_data_directory_is_missing_not_looked_up_on_the_hub(tmp_path,
     assert line.startswith("lit-susc: error: data source ./corpra/wiki does not exist")
 
 
-@pytest.mark.parametrize("name,message", [("./modles/x", "model directory ./modles/x does not exist"),
-                                          ("lit-susc-tests/no-such-model", "is neither a local directory nor in "
-                                                                           "the hub cache")])
+@pytest.mark.parametrize("name,message", [
+    ("./modles/x", "model directory ./modles/x does not exist"),
+    ("lit-susc-tests/no-such-model", "is neither a local directory nor in the hub cache"),
+])
 def test_the_components_command_finds_a_model_as_sample_does(tmp_path, monkeypatch, capsys, name, message):
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", UNREACHABLE)
     monkeypatch.chdir(tmp_path)
