@@ -8,6 +8,7 @@ and Phi-3 (fused qkv_proj and gate_up_proj). Oracles are named in each test.
 
 import pytest
 import torch
+from tiny_runs import assert_same_chi, chi_cached_and_plain
 from torch import nn
 from transformers import (
     LlamaConfig,
@@ -24,7 +25,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from lit_susc import ComputeConfig, SGLDConfig, estimate_susceptibilities
+from lit_susc import SGLDConfig
 from lit_susc.components import discover_components, resolve_components
 from lit_susc.lm import per_token_loss
 from lit_susc.prefix import Cut, PrefixCache, component_cut, trunk_hidden
@@ -267,32 +268,16 @@ def test_the_suffix_from_a_cached_prefix_gives_the_full_forward_pass(family, cut
 CHI_COMPONENTS = ["layers.1.heads.1", "layers.1.kv.0", "layers.0.mlp", "embed", "unembed"]
 
 
-def _chi(model, cache: bool):
-    calls = []
-    hook = model.model.layers[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
-    try:
-        result = estimate_susceptibilities(
-            model, per_token_loss, [_ids(1), _ids(2)], [_ids(4), _ids(5)], components=CHI_COMPONENTS,
-            sgld=SGLDConfig(lr=1e-4, nbeta=30.0, localization=300.0, chains=2, draws=3, burn_in=1, seed=7),
-            trainer={"accelerator": "cpu", "enable_progress_bar": False},
-            compute=ComputeConfig(prefix_cache=cache))
-    finally:
-        hook.remove()
-    return result.chi, len(calls)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chi_with_caching_equals_chi_without(family):
     """Oracle: a run without caching with the same seeds (chi equal to 1e-6 relative) for a head,
     a kv group, an MLP of block 0 (its attention output cached), the embedding and the unembedding;
     a hook counting calls of block 0's attention shows the cache was used."""
     model = tiny(family)
-    cached, cached_calls = _chi(model, cache=True)
-    plain, plain_calls = _chi(model, cache=False)
-    for i, name in enumerate(CHI_COMPONENTS):
-        scale = plain[i].abs().max()
-        assert scale > 0, name
-        assert (cached[i] - plain[i]).abs().max() <= 1e-6 * scale, name
+    (cached, cached_calls), (plain, plain_calls) = chi_cached_and_plain(
+        model, model.model.layers[0].self_attn, [_ids(1), _ids(2)], [_ids(4), _ids(5)], CHI_COMPONENTS,
+        SGLDConfig(lr=1e-4, nbeta=30.0, localization=300.0, chains=2, draws=3, burn_in=1, seed=7))
+    assert_same_chi(cached, plain, CHI_COMPONENTS)
     assert cached_calls < 0.5 * plain_calls, (cached_calls, plain_calls)
 
 

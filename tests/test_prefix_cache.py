@@ -8,8 +8,9 @@ a hook counting calls of block 0's MLP shows the cache was used.
 
 import pytest
 import torch
+from tiny_runs import assert_same_chi, chi_cached_and_plain
 
-from lit_susc import ComputeConfig, SGLDConfig, estimate_susceptibilities
+from lit_susc import SGLDConfig
 from lit_susc.lm import per_token_loss
 from lit_susc.prefix import CachedPrefix, Cut, PrefixCache, component_cut, trunk_hidden
 from lit_susc.tinylm import load_causal_lm
@@ -83,26 +84,10 @@ def test_the_budget_keeps_observation_batches_first(model):
     assert cache.plan_bytes == 3 * 64 * width
 
 
-def _chi(model, cache: bool):
-    calls = []
-    hook = model.base_model.layers[0].mlp.register_forward_hook(lambda *a: calls.append(1))
-    try:
-        result = estimate_susceptibilities(
-            model, per_token_loss, [_ids(1), _ids(2), _ids(3)], [_ids(4), _ids(5)], components=COMPONENTS,
-            sgld=SGLDConfig(lr=1e-4, nbeta=30.0, localization=300.0, chains=2, draws=4, burn_in=2, seed=7),
-            trainer={"accelerator": "cpu", "enable_progress_bar": False},
-            compute=ComputeConfig(prefix_cache=cache))
-    finally:
-        hook.remove()
-    return result.chi, len(calls)
-
-
 def test_chi_with_caching_equals_chi_without(model):
-    cached, cached_calls = _chi(model, cache=True)
-    plain, plain_calls = _chi(model, cache=False)
-    for i, name in enumerate(COMPONENTS):
-        scale = plain[i].abs().max()
-        assert scale > 0, name
-        assert (cached[i] - plain[i]).abs().max() <= 1e-6 * scale, name
+    (cached, cached_calls), (plain, plain_calls) = chi_cached_and_plain(
+        model, model.base_model.layers[0].mlp, [_ids(1), _ids(2), _ids(3)], [_ids(4), _ids(5)], COMPONENTS,
+        SGLDConfig(lr=1e-4, nbeta=30.0, localization=300.0, chains=2, draws=4, burn_in=2, seed=7))
+    assert_same_chi(cached, plain, COMPONENTS)
     # 4 of the 6 components skip block 0's MLP once their batches are cached
     assert cached_calls < 0.5 * plain_calls, (cached_calls, plain_calls)

@@ -38,3 +38,31 @@ def run_sample(tiny_lm_dir, source, run_dir: Path, context: int, observed: int) 
     config["model"]["output_dir"] = str(run_dir)
     run.main(["sample", "--config", str(write_yaml(run_dir.with_name(run_dir.name + ".yaml"), config))])
     return run_dir
+
+
+def chi_cached_and_plain(model, counted, sampling, observation, components, sgld):
+    """chi of ``components`` with and without the prefix cache (same seeds), each with the number of
+    forward calls of the module ``counted`` (fewer with the cache, when it is used)."""
+    from lit_susc import ComputeConfig, estimate_susceptibilities
+    from lit_susc.lm import per_token_loss
+
+    def run(cache: bool):
+        calls = []
+        hook = counted.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            result = estimate_susceptibilities(
+                model, per_token_loss, sampling, observation, components=components, sgld=sgld,
+                trainer={"accelerator": "cpu", "enable_progress_bar": False}, compute=ComputeConfig(prefix_cache=cache))
+        finally:
+            hook.remove()
+        return result.chi, len(calls)
+
+    return run(True), run(False)
+
+
+def assert_same_chi(cached, plain, components, rel: float = 1e-6) -> None:
+    """Each component's chi rows agree to ``rel`` of the uncached row's largest value (which is not 0)."""
+    for i, name in enumerate(components):
+        scale = plain[i].abs().max()
+        assert scale > 0, name
+        assert (cached[i] - plain[i]).abs().max() <= rel * scale, name
