@@ -106,12 +106,9 @@ class PipelineConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"pipeline config {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ValueError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
+        from .stage_cli import read_yaml
+
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
         output_dir = raw.get("output_dir", cls.output_dir)
