@@ -61,7 +61,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import yaml
 from torch import nn
@@ -74,7 +73,7 @@ from .components import resolve_components
 from .config import ComputeConfig, SGLDConfig
 from .diagnostics import bulk_ess
 from .figures import Figure, save_png
-from .rundir import mark_finished, write_parquet, write_text
+from .rundir import mark_finished, read_parquet, stage_remedy, write_parquet, write_text
 
 MIN_DRAWS = 8
 """Draws per chain a calibration needs: the stationarity test compares halves of >= 4 draws."""
@@ -334,10 +333,11 @@ def calibrate(
                     rows.append(_row(name, setting, diverged=True))
                     continue
                 llc, diagnostics = res.llc[name], res.diagnostics[name]
+                traces = read_parquet(cell_dir / "traces.parquet", stage_remedy(cell_dir))
                 rows.append(_row(
                     name, setting, diverged=not math.isfinite(llc["mean"]), llc_mean=llc["mean"],
                     llc_std=llc["std"], rhat=diagnostics["rhat"], ess=diagnostics["ess"],
-                    stationarity=stationarity(_draw_traces(pq.read_table(cell_dir / "traces.parquet"), name)),
+                    stationarity=stationarity(_draw_traces(traces, name)),
                     reliability=res.reliability.get(name, math.nan) if observed else math.nan))
     finally:
         w_star.restore()  # also when interrupted mid-cell

@@ -18,16 +18,24 @@ Layout of a finished BIF run directory::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file
 
-from .rundir import mark_finished, require_finished, write_json, write_parquet, write_safetensors, write_text
+from .rundir import (
+    mark_finished,
+    read_json,
+    read_parquet,
+    read_safetensors,
+    require_finished,
+    stage_remedy,
+    write_json,
+    write_parquet,
+    write_safetensors,
+    write_text,
+)
 
 DESCRIPTION = ("BIF(z_i, q) = -Cov(l_i, l_q) over the localized posterior (uncentred per-sample losses); "
                "negative: upweighting z_i lowers q's loss")
@@ -103,10 +111,11 @@ class BIFResult:
         require_finished(directory, "BIF run", "run or resume it first")
         if not (directory / "bif.json").exists():
             raise FileNotFoundError(f"{directory} holds no BIF run (bif.json is missing): is it a susceptibility run?")
-        meta = json.loads((directory / "bif.json").read_text())
-        tables = {n: pq.read_table(directory / f"{n}.parquet") if (directory / f"{n}.parquet").exists() else None
-                  for n in ("train", "query")}
-        return cls(bif=load_file(str(directory / "bif.safetensors"))["bif"], components=meta["components"],
+        remedy = stage_remedy(directory)
+        meta = read_json(directory / "bif.json", remedy)
+        tables = {n: read_parquet(directory / f"{n}.parquet", remedy) if (directory / f"{n}.parquet").exists()
+                  else None for n in ("train", "query")}
+        return cls(bif=read_safetensors(directory / "bif.safetensors", remedy)["bif"], components=meta["components"],
                    granularity=meta["granularity"], llc=meta["llc"], config=meta["config"], **tables)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -39,7 +38,8 @@ import yaml
 
 from .analysis.leak import LEAK_JSON
 from .report.browser import INDEX
-from .rundir import FINISHED_MARKER, hold, is_finished, json_digest, read_summary, write_json
+from .result import read_metadata
+from .rundir import FINISHED_MARKER, hold, is_finished, json_digest, read_json, read_summary, write_json
 from .tinylm import SUMMARY_FILE
 
 STAGES = ("model", "sample", "aux_fit", "aux_predict", "cluster", "analyse", "report")
@@ -225,7 +225,10 @@ class Pipeline:
 
     def _state(self, stage: str) -> dict | None:
         path = self._state_file(stage)
-        return json.loads(path.read_text()) if path.exists() else None
+        # Deleting the state alone would leave a stage directory the pipeline has no record of, and so
+        # refuses; --from-stage clears both.
+        return read_json(path, f"rerun the pipeline with --from-stage {stage}: it computes {stage} and the stages "
+                               "after it again") if path.exists() else None
 
     def status(self, stage: str) -> str:
         """'finished' (same config), 'resume' (same config, interrupted), 'changed' (another config),
@@ -403,7 +406,7 @@ class Pipeline:
 
     def _check_upsampled(self) -> None:
         sampled = read_summary(self.stage_dir("sample"))["tokens"]
-        predicted = json.loads((self.stage_dir("aux_predict") / "result.json").read_text())["n_tokens"]
+        predicted = read_metadata(self.stage_dir("aux_predict"))["n_tokens"]
         if predicted < MIN_UPSAMPLING * sampled:
             raise ValueError(f"aux_predict produced {predicted} tokens, fewer than {MIN_UPSAMPLING}x the {sampled} "
                              "sampled ones: the data source ran out; give aux_predict.data a larger source")

@@ -28,7 +28,6 @@ reliabilities to ``finish_round``, which records the components that go on under
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from .components import Component
 from .config import ComputeConfig, SGLDConfig
 from .observables import Observable, ReferenceLoss
 from .prefix import PrefixCache
-from .rundir import write_json
+from .rundir import read_json, write_json
 from .schedule import ChainPlan, ChainSchedule, Unit, plan_from_pilot
 
 
@@ -139,6 +138,20 @@ class SusceptibilitySampler(L.LightningModule):
     def _round_file(self, round: int) -> Path:
         return self.run_dir / "state" / "rounds" / f"round-{round:03d}.json"
 
+    def _round_remedy(self, round: int) -> str:
+        # A decision is a function of the units' sums on disk, so deciding it again changes nothing.
+        return (f"delete {self._round_file(round)} and rerun the same command: the round is decided again from the "
+                "units it sampled, none of which is sampled again")
+
+    def _pilot_remedy(self, directory: Path, component_index: int) -> str:
+        # A pilot run again can choose another plan (it times the draws when draw_cost is null; a GPU
+        # rounds differently), which the units sampled under the old one, and the rounds decided from
+        # them, would not follow.
+        state = self.run_dir / "state"
+        return (f"delete {directory / f'{component_index:05d}.json'}, {state / 'units'}/{component_index:05d}-chain* "
+                f"and {state / 'rounds'} and rerun the same command: the pilot chain and that component's chains "
+                "are run again")
+
     def _load_rounds(self) -> None:
         """Rebuild the rounds decided so far (their files are the resume state) and this round's units."""
         n, chains = len(self.component_names), self.sgld.chains
@@ -148,7 +161,7 @@ class SusceptibilitySampler(L.LightningModule):
                            for c in self.active for k in range(chains)]
             if not self._round_file(self.round).exists():
                 break
-            decided = json.loads(self._round_file(self.round).read_text())
+            decided = read_json(self._round_file(self.round), self._round_remedy(self.round))
             self.reliability_by_round.append(decided["reliability"])
             self.active, self.round = decided["continue"], self.round + 1
         size = min(self.compute.batch_chains, chains)
@@ -296,7 +309,7 @@ class SusceptibilitySampler(L.LightningModule):
                                        sgld.burn_in, sgld.steps_between_draws, sgld.draw_cost,
                                        sgld.max_steps_between_draws))
         self.trainer.strategy.barrier("lit-susc pilots")
-        self.pilots = {c: json.loads((directory / f"{c:05d}.json").read_text()) for c in range(n)}
+        self.pilots = {c: read_json(directory / f"{c:05d}.json", self._pilot_remedy(directory, c)) for c in range(n)}
         self.engine.end()
         if self.global_rank == 0:
             for c, pilot in self.pilots.items():

@@ -18,13 +18,11 @@ pipeline adds the stage's summary numbers, its plots and its tables to the same 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .rundir import read_summary
+from .rundir import read_json, read_parquet, read_summary, stage_remedy
 from .tinylm import SUMMARY_FILE
 
 
@@ -41,16 +39,14 @@ def _numbers(obj: dict, prefix: str) -> dict[str, float]:
     return out
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def cluster_table(cluster_dir: Path, top_tokens: int = 8) -> pa.Table:
     """clusters.parquet plus each cluster's most frequent tokens (one string)."""
     from .report.statistics import frequent_tokens
 
-    clusters = pq.read_table(cluster_dir / "clusters.parquet")
-    frequent = frequent_tokens(pq.read_table(cluster_dir / "labels.parquet", columns=["label", "token"]), top_tokens)
+    remedy = stage_remedy(cluster_dir)
+    clusters = read_parquet(cluster_dir / "clusters.parquet", remedy)
+    frequent = frequent_tokens(read_parquet(cluster_dir / "labels.parquet", remedy, columns=["label", "token"]),
+                               top_tokens)
     return clusters.append_column("top_tokens", pa.array(
         [" ".join(repr(t) for t, _ in frequent.get(label, [])) for label in clusters.column("label").to_pylist()],
         pa.string()))
@@ -58,23 +54,25 @@ def cluster_table(cluster_dir: Path, top_tokens: int = 8) -> pa.Table:
 
 def stage_record(pipeline, stage: str) -> tuple[dict[str, float], dict[str, Path], dict[str, pa.Table]]:
     """(metrics, images, tables) of a finished stage; plots are drawn into the pipeline's state directory."""
+    from .pipeline import MARKERS
     from .report import plots
 
     d = pipeline.stage_dir(stage)
+    remedy = stage_remedy(d, marker=MARKERS[stage])
     figures = pipeline.state_dir / "plots" / stage
     figures.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     images: dict[str, Path] = {}
     tables: dict[str, pa.Table] = {}
     if stage == "model":
-        metrics = _numbers({k: v for k, v in _read_json(d / SUMMARY_FILE).items() if k != "config"}, stage)
+        metrics = _numbers({k: v for k, v in read_json(d / SUMMARY_FILE, remedy).items() if k != "config"}, stage)
     elif stage == "sample":
         summary = read_summary(d)
         metrics = _numbers(summary, stage)
-        llc = _read_json(d / "llc.json")
+        llc = read_json(d / "llc.json", remedy)
         components = list(llc)
         reliability = summary.get("reliability", {})
-        diagnostics = ({r.pop("component"): r for r in pq.read_table(d / "diagnostics.parquet").to_pylist()}
+        diagnostics = ({r.pop("component"): r for r in read_parquet(d / "diagnostics.parquet", remedy).to_pylist()}
                        if (d / "diagnostics.parquet").exists() else {})
         tables["sample/llc"] = pa.table({"component": components, "llc_mean": [llc[c]["mean"] for c in components],
                                          "llc_std": [llc[c]["std"] for c in components],
@@ -84,11 +82,11 @@ def stage_record(pipeline, stage: str) -> tuple[dict[str, float], dict[str, Path
         if reliability:
             images["sample/reliability"] = plots.plot_reliability(reliability, components, figures / "reliability.png",
                                                                   threshold=0.3)
-        images["sample/traces"] = plots.plot_traces(pq.read_table(d / "traces.parquet"), components[:4],
+        images["sample/traces"] = plots.plot_traces(read_parquet(d / "traces.parquet", remedy), components[:4],
                                                     figures / "traces.png")
         images["sample/llc"] = plots.plot_llc_heatmap(llc, components, figures / "llc.png")
     elif stage == "aux_fit":
-        aux = _read_json(d / "aux.json")
+        aux = read_json(d / "aux.json", remedy)
         metrics = {f"{stage}/pearson_mean": aux["pearson_mean"], f"{stage}/ridge_pearson_mean": aux["ridge"]["pearson_mean"],
                    f"{stage}/n_pcs": float(aux["n_pcs"]),
                    **({f"{stage}/noise_ceiling_mean": aux["noise_ceiling_mean"]} if "noise_ceiling_mean" in aux else {})}
@@ -104,7 +102,7 @@ def stage_record(pipeline, stage: str) -> tuple[dict[str, float], dict[str, Path
         tables["cluster/clusters"] = table
         images["cluster/sizes"] = plots.plot_cluster_sizes(table, figures / "cluster_sizes.png")
     elif stage == "analyse":
-        leak = pq.read_table(d / "leak.parquet")
+        leak = read_parquet(d / "leak.parquet", remedy)
         tables["analyse/leak"] = leak
         images["analyse/leak"] = d / "leak.png"
         for row in leak.to_pylist():

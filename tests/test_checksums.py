@@ -7,10 +7,13 @@ hashlib's sha256 of the file (the recorded digest); the uncorrupted run (bitwise
 repair), and the mtimes of the files the repair must not touch.
 """
 
+import fcntl
 import hashlib
 import importlib.util
+import os
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +21,32 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 import torch
+from linear_gaussian import loss_fn as gaussian_loss
+from linear_gaussian import model_at, two_blocks
 from safetensors.torch import save_file
 from test_cli import fails_with, sample, write_config
 
-from lit_susc import SusceptibilityResult, read_chi, rundir
+from lit_susc import BIFResult, SGLDConfig, SusceptibilityResult, estimate_susceptibilities, read_chi, rundir
+from lit_susc.analysis import LeakConfig, run_leak_check
+from lit_susc.analysis.leak import _SCRATCH_PREFIX, LEAK_JSON, LEAK_TABLE
+from lit_susc.aux import (
+    AuxBundle,
+    AuxModel,
+    AuxModelConfig,
+    FeatureConfig,
+    PCABasis,
+    SplitConfig,
+    TargetConfig,
+    prepare_fit_data,
+)
+from lit_susc.aux.bundle import META_FILE, NORMALIZATION_FILE, PCA_FILE, WEIGHTS_FILE
 from lit_susc.aux.predict import read_pcs, read_tokens
 from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
 from lit_susc.report.inputs import read_inputs
 from lit_susc.rundir import (
     FINISHED_MARKER,
     CorruptFileError,
+    RunDirectoryError,
     atomic_path,
     checksum_path,
     claim,
@@ -78,11 +97,15 @@ def mtimes(directory: Path, leave_out: Path | None = None) -> dict[Path, int]:
 # ----------------------------------------------------------------------------- a sampling run, end to end
 
 
+RUN_DATA = {"contexts_per_document": 1}
+"""Four observation contexts from four documents, so that an aux fit can split them."""
+
+
 @pytest.fixture(scope="module")
 def finished(tiny_lm_dir, tmp_path_factory):
     """A finished ``run.py sample`` of the tiny LM (5 components x 2 chains, chi in 2 shards) and its result."""
     tmp = tmp_path_factory.mktemp("checksums")
-    sample(write_config(tmp / "config.yaml", tiny_lm_dir, tmp / "run"))
+    sample(write_config(tmp / "config.yaml", tiny_lm_dir, tmp / "run", data=RUN_DATA))
     return tmp / "run", SusceptibilityResult.load(tmp / "run")
 
 
@@ -91,7 +114,7 @@ def copy(finished, tiny_lm_dir, tmp_path):
     """A copy of the finished run (mtimes kept) and the config that reruns it."""
     run_dir = tmp_path / "run"
     shutil.copytree(finished[0], run_dir)
-    return run_dir, write_config(tmp_path / "config.yaml", tiny_lm_dir, run_dir)
+    return run_dir, write_config(tmp_path / "config.yaml", tiny_lm_dir, run_dir, data=RUN_DATA)
 
 
 def assert_same_result(run_dir: Path, expected: SusceptibilityResult) -> None:
@@ -342,3 +365,187 @@ def test_compare_runs_leaves_the_checksums_out(tmp_path):
     write_json(tmp_path / "after" / "result.json", {"n_tokens": 3})
     shutil.copytree(tmp_path / "after", tmp_path / "before", ignore=shutil.ignore_patterns("*.sha256"))
     assert compare_runs.main([str(tmp_path / "before"), str(tmp_path / "after")]) == 0
+
+
+# ----------------------------------------------------------------------------- the readers of every stage
+
+
+def _aux_bundle(directory: Path) -> Path:
+    """A finished aux fit in bundle.py's layout: 6 features, 2 PCs of 3 components."""
+    pca = PCABasis(mean=torch.randn(3, dtype=torch.float64), scale=torch.ones(3, dtype=torch.float64),
+                   components=torch.linalg.qr(torch.randn(3, 2, dtype=torch.float64))[0].T.contiguous(),
+                   variances=torch.tensor([2.0, 1.0], dtype=torch.float64))
+    meta = {"n_features": 6, "n_pcs": 2, "config": {"model": asdict(AuxModelConfig())}}
+    AuxBundle(model=AuxModel(6, 2, AuxModelConfig()), pca=pca, feature_mean=torch.zeros(6, dtype=torch.float64),
+              feature_std=torch.ones(6, dtype=torch.float64), target_scale=torch.ones(2, dtype=torch.float64),
+              meta=meta).save(directory, {"n_pcs": 2})
+    return directory
+
+
+@pytest.mark.parametrize("file", [META_FILE, WEIGHTS_FILE, NORMALIZATION_FILE, PCA_FILE])
+def test_a_corrupt_file_of_an_aux_model_is_refused_naming_it(tmp_path, file):
+    directory = _aux_bundle(tmp_path / "aux")
+    AuxBundle.load(directory)
+    flip(directory / file, -2)
+    with pytest.raises(CorruptFileError, match=re.escape(f"{directory / file} is corrupt")) as refused:
+        AuxBundle.load(directory)
+    assert f"delete {directory / FINISHED_MARKER} and rerun the command that wrote {directory}" in str(refused.value)
+
+
+@pytest.mark.parametrize("file", ["bif.safetensors", "bif.json", "train.parquet", "query.parquet"])
+def test_a_corrupt_file_of_a_bif_run_is_refused_naming_it(tmp_path, file):
+    directory = tmp_path / "bif"
+    BIFResult(bif=torch.randn(1, 4, 3, dtype=torch.float64), components=["a"], granularity="sample",
+              train=pa.table({"index": np.arange(4)}), query=pa.table({"index": np.arange(3)})).save(directory)
+    BIFResult.load(directory)
+    flip(directory / file, -2)
+    with pytest.raises(CorruptFileError, match=re.escape(f"{directory / file} is corrupt")) as refused:
+        BIFResult.load(directory)
+    assert f"delete {directory / FINISHED_MARKER} and rerun the command that wrote {directory}" in str(refused.value)
+
+
+GAUSSIAN_SGLD = {"lr": 5e-5, "nbeta": 1000.0, "localization": 100.0, "chains": 2, "draws": 8, "seed": 0,
+                 "burn_in": "auto", "pilot_steps": 40, "steps_between_draws": 2, "target_reliability": 0.999,
+                 "max_draws": 16}
+"""A pilot chain per component (burn_in 'auto') and two rounds (an unreachable target)."""
+
+
+def _gaussian_run(run_dir: Path) -> SusceptibilityResult:
+    X, y, theta, *_, components = two_blocks()
+    return estimate_susceptibilities(model_at(theta), gaussian_loss, [(X, y)], [(X, y)], components=components,
+                                     sgld=SGLDConfig(**GAUSSIAN_SGLD), run_dir=run_dir,
+                                     trainer={"accelerator": "cpu", "enable_progress_bar": False})
+
+
+@pytest.fixture(scope="module")
+def gaussian(tmp_path_factory):
+    """A finished linear-Gaussian run with pilot plans and round decisions, and its result."""
+    run_dir = tmp_path_factory.mktemp("gaussian") / "run"
+    return run_dir, _gaussian_run(run_dir)
+
+
+@pytest.fixture
+def gaussian_copy(gaussian, tmp_path):
+    """A copy of the Gaussian run, unfinished again (its marker deleted): a rerun reads its state."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(gaussian[0], run_dir)
+    (run_dir / FINISHED_MARKER).unlink()
+    return run_dir
+
+
+def _remedy_paths(err: CorruptFileError) -> list[str]:
+    """The paths the remedy says to delete."""
+    return re.search(r"; delete (.*) and rerun ", str(err)).group(1).replace(" and ", ", ").split(", ")
+
+
+def test_a_corrupt_round_decision_is_refused_and_decided_again_from_the_same_units(gaussian, gaussian_copy, one_thread):
+    run_dir = gaussian_copy
+    decision = run_dir / "state" / "rounds" / "round-000.json"
+    flip(decision, 3)
+    with pytest.raises(CorruptFileError, match=re.escape(f"{decision} is corrupt")) as refused:
+        _gaussian_run(run_dir)
+    assert _remedy_paths(refused.value) == [str(decision)]
+    units = mtimes(run_dir / "state" / "units")
+    decision.unlink()
+    assert torch.equal(_gaussian_run(run_dir).chi, gaussian[1].chi)
+    assert mtimes(run_dir / "state" / "units") == units  # no unit was sampled again
+    assert read_json(decision, "") == read_json(gaussian[0] / "state" / "rounds" / "round-000.json", "")
+
+
+def test_a_corrupt_pilot_plan_is_refused_and_its_component_sampled_again(gaussian, gaussian_copy, one_thread):
+    run_dir = gaussian_copy
+    pilot = run_dir / "state" / "pilot" / "00001.json"
+    flip(pilot, -3)
+    with pytest.raises(CorruptFileError, match=re.escape(f"{pilot} is corrupt")) as refused:
+        _gaussian_run(run_dir)
+    paths = _remedy_paths(refused.value)
+    assert paths == [str(pilot), f"{run_dir / 'state' / 'units'}/00001-chain*", str(run_dir / "state" / "rounds")]
+    units = run_dir / "state" / "units"
+    first = {p: t for p, t in mtimes(units).items() if p.relative_to(units).parts[0].startswith("00000-")}
+    pilot.unlink()
+    for path in [*units.glob("00001-chain*"), run_dir / "state" / "rounds"]:
+        shutil.rmtree(path)
+    assert torch.equal(_gaussian_run(run_dir).chi, gaussian[1].chi)
+    assert {p: t for p, t in mtimes(units).items() if p in first} == first  # the other component was not sampled
+    assert (units / "00001-chain000" / "done.json").exists()
+
+
+def _prepare(run_dir: Path, cache: Path):
+    return prepare_fit_data(run_dir, cache, FeatureConfig(), TargetConfig(n_pcs=2), SplitConfig(val_fraction=0.5))
+
+
+@pytest.fixture(scope="module")
+def fit_cache(finished, tmp_path_factory):
+    """The aux fit's feature and target cache of the finished sampling run, and the data prepared from it."""
+    cache = tmp_path_factory.mktemp("aux") / "cache"
+    made = _prepare(finished[0], cache)
+    return cache, np.array(made.features), np.array(made.targets), made
+
+
+@pytest.mark.parametrize("file", ["features.json", "features.npy", "targets.json", "normalization.safetensors"])
+def test_a_corrupt_file_of_the_aux_fit_cache_is_made_again_saying_so(finished, fit_cache, tmp_path, file, capsys):
+    """A cache only saves time: a corrupt file of it is computed again, never used, and a line names it."""
+    cache, features, targets, made = fit_cache
+    cache = shutil.copytree(cache, tmp_path / "cache")
+    flip(cache / file, -1)
+    capsys.readouterr()
+    again = _prepare(finished[0], cache)
+    assert f"lit-susc: {cache / file} is corrupt: its bytes differ" in capsys.readouterr().out
+    assert np.array_equal(again.features, features) and np.array_equal(again.targets, targets)
+    assert torch.equal(again.pca.components, made.pca.components) and torch.equal(again.feature_std, made.feature_std)
+    rundir.verify(cache / file, "remedy")  # written again
+
+
+def test_a_corrupt_run_json_is_refused_by_aux_fit_naming_it(copy, tmp_path):
+    run_dir, _ = copy
+    flip(run_dir / "run.json", 10)
+    with pytest.raises(CorruptFileError, match=re.escape(f"{run_dir / 'run.json'} is corrupt")) as refused:
+        prepare_fit_data(run_dir, tmp_path / "cache", FeatureConfig(), TargetConfig(), SplitConfig())
+    assert f"delete {run_dir} and rerun the command that wrote it" in str(refused.value)
+
+
+def _finished_leak_check(out: Path) -> LeakConfig:
+    """A finished leak check's table and marker in ``out`` (for sample and aux directories that a
+    finished check does not read again)."""
+    config = LeakConfig()
+    write_parquet(out / LEAK_TABLE, pa.table({"layer": [0, 1], "cka_aux": [0.5, 0.25]}))
+    mark_finished(out, {"config": asdict(config), "sample_dir": "run", "aux_dir": "aux"}, marker=LEAK_JSON)
+    return config
+
+
+def test_a_finished_leak_checks_corrupt_table_is_refused_naming_it(tmp_path):
+    out = tmp_path / "leak"
+    config = _finished_leak_check(out)
+    assert run_leak_check("run", "aux", out, config).num_rows == 2
+    flip(out / LEAK_TABLE, 8)
+    with pytest.raises(CorruptFileError, match=re.escape(f"{out / LEAK_TABLE} is corrupt")) as refused:
+        run_leak_check("run", "aux", out, config)
+    assert f"delete {out / LEAK_JSON} and rerun the command that wrote {out}" in str(refused.value)
+
+
+def test_a_killed_leak_checks_scratch_is_removed_when_the_next_check_starts(tmp_path):
+    """kill -9 skips the TemporaryDirectory's removal; the next check of that directory removes it
+    (and here stops at its missing aux model)."""
+    out = tmp_path / "leak"
+    stale = out / f"{_SCRATCH_PREFIX}abc123"
+    stale.mkdir(parents=True)
+    (stale / "activations.npy").write_bytes(b"\0" * 64)
+    with pytest.raises(FileNotFoundError, match="holds no finished aux model"):
+        run_leak_check(tmp_path / "run", tmp_path / "aux", out, LeakConfig())
+    rundir.release(out)
+    assert not stale.exists() and out.is_dir()
+
+
+def test_a_running_leak_checks_scratch_is_left_alone(tmp_path):
+    """A check that holds the directory's lock is running: the next one is refused and removes nothing."""
+    out = tmp_path / "leak"
+    scratch = out / f"{_SCRATCH_PREFIX}abc123"
+    scratch.mkdir(parents=True)
+    fd = os.open(out / rundir.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's lock, as far as flock can tell
+        with pytest.raises(RunDirectoryError, match="is being written by"):
+            run_leak_check(tmp_path / "run", tmp_path / "aux", out, LeakConfig())
+    finally:
+        os.close(fd)
+    assert scratch.is_dir()

@@ -28,14 +28,13 @@ presence means the check finished, and a finished check with the same inputs is 
 
 from __future__ import annotations
 
-import json
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
@@ -43,14 +42,14 @@ from tqdm.auto import tqdm
 
 from ..aux.bundle import AuxBundle
 from ..aux.features import ResidualFeatures, check_alignment, check_same_model, model_identity
-from ..aux.fit import observation_contexts
+from ..aux.fit import observation_contexts, read_sample_run
 from ..aux.predict import AuxPredictor
 from ..aux.split import SplitConfig, document_split
 from ..cluster.knn import knn
 from ..corpus import token_table
 from ..figures import Figure, save_png
-from ..result import read_chi, read_metadata
-from ..rundir import claim, mark_finished, write_parquet
+from ..result import read_chi
+from ..rundir import claim, hold, mark_finished, read_parquet, stage_remedy, write_parquet
 from ..tinylm import load_causal_lm
 from .cka import CKAAccumulator
 from .neighbours import neighbour_jaccard
@@ -118,13 +117,7 @@ class _EveryLayer(nn.Module):
 def _load_inputs(sample_dir: Path, aux_dir: Path, trust_remote_code: bool):
     """The aux bundle, the run's metadata, run.json and token table, checked to belong together."""
     bundle = AuxBundle.load(aux_dir)
-    meta = read_metadata(sample_dir)
-    missing = [f for f in ("run.json", "tokens.parquet") if not (sample_dir / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{sample_dir} lacks {', '.join(missing)}: the leak check needs a language-model "
-                                "run made by `run.py sample`")
-    run = json.loads((sample_dir / "run.json").read_text())
-    tokens = pq.read_table(sample_dir / "tokens.parquet")
+    meta, run, tokens = read_sample_run(sample_dir, "the leak check")
     aux = bundle.meta
     what = f"the aux model in {aux_dir} was not fit on the run in {sample_dir}"
     if aux["components"] != meta["components"]:
@@ -197,7 +190,8 @@ def run_leak_check(sample_dir: str | Path, aux_dir: str | Path, output_dir: str 
              view=lambda record: {k: record.get(k) for k in identity},
              known=(LEAK_TABLE, LEAK_PLOT, f"{_SCRATCH_PREFIX}*")) == "finished":
         print(f"lit-susc: {out} already holds this leak check's finished results; nothing to do.")
-        return pq.read_table(out / LEAK_TABLE)
+        return read_parquet(out / LEAK_TABLE, stage_remedy(out, marker=LEAK_JSON))
+    _remove_stale_scratch(out)
 
     bundle, meta, run, tokens, model, tokenizer = _load_inputs(sample_dir, aux_dir, trust_remote_code)
     is_val = document_split(tokens.column("document").to_pylist(), SplitConfig(**bundle.meta["config"]["split"]))
@@ -226,7 +220,7 @@ def run_leak_check(sample_dir: str | Path, aux_dir: str | Path, output_dir: str 
     target_scale = bundle.target_scale.to(device)
     n_pcs, hidden = truth.shape[1], tap.extractor.hidden_size
     moments = [CKAAccumulator() for _ in layers]
-    out.mkdir(parents=True, exist_ok=True)
+    hold(out)  # while its scratch exists: a later check that holds the lock knows every scratch it finds is stale
     with tempfile.TemporaryDirectory(dir=out, prefix=_SCRATCH_PREFIX) as scratch:
         acts = np.lib.format.open_memmap(Path(scratch) / "activations.npy", mode="w+", dtype=np.float32,
                                          shape=(len(layers), len(subsample), hidden))
@@ -284,6 +278,18 @@ def run_leak_check(sample_dir: str | Path, aux_dir: str | Path, output_dir: str 
         "space": "aux target space: chi -> PC scores in the aux dir's PCA basis / target_scale",
     }, marker=LEAK_JSON)
     return table
+
+
+def _remove_stale_scratch(out: Path) -> None:
+    """Delete the scratch directories that killed leak checks left in ``out`` (a SIGKILL skips their
+    removal): up to max_tokens x (L + 1) x hidden_size floats each."""
+    if not out.is_dir():
+        return  # nothing to remove, and no lock to take: a refused check must leave no directory behind
+    hold(out)  # claim holds it already (a check holds it while its scratch exists: these are no live check's)
+    for stale in out.glob(f"{_SCRATCH_PREFIX}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            print(f"lit-susc: removing {stale}, left by a leak check that was stopped", flush=True)
+            shutil.rmtree(stale)
 
 
 def plot_leak(table: pa.Table, path: str | Path, k: int | None = None) -> Path:

@@ -13,14 +13,20 @@ them to component space and ``pca.whiten`` to the clustering basis.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
 from torch import Tensor
 
-from ..rundir import mark_finished, require_finished, write_json, write_safetensors
+from ..rundir import (
+    mark_finished,
+    read_json,
+    read_safetensors,
+    require_finished,
+    stage_remedy,
+    write_json,
+    write_safetensors,
+)
 from .model import AuxModel, AuxModelConfig
 from .pca import PCABasis
 
@@ -59,8 +65,9 @@ class AuxBundle:
     def load(cls, directory: str | Path) -> AuxBundle:
         directory = Path(directory)
         require_finished(directory, "aux model", "run `aux fit` first")
-        meta = json.loads((directory / META_FILE).read_text())
+        remedy = stage_remedy(directory)
+        meta = read_json(directory / META_FILE, remedy)
         model = AuxModel(meta["n_features"], meta["n_pcs"], AuxModelConfig(**meta["config"]["model"]))
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        norm = load_file(str(directory / NORMALIZATION_FILE))
-        return cls(model=model.eval(), pca=PCABasis.load(directory / PCA_FILE), meta=meta, **norm)
+        model.load_state_dict(read_safetensors(directory / WEIGHTS_FILE, remedy))
+        norm = read_safetensors(directory / NORMALIZATION_FILE, remedy)
+        return cls(model=model.eval(), pca=PCABasis.load(directory / PCA_FILE, remedy), meta=meta, **norm)

@@ -7,30 +7,43 @@ Targets are PC scores divided by a fixed scale r, so that lr and l1 do not depen
 
 Features and targets are cached as ``.npy`` memory maps under ``output_dir/cache`` (never pickled),
 so runs of any size train without holding them in memory; a cache made from the same run with
-the same layers is reused. Bad input (tokens that do not line up, more PCs than components,
-non-finite chi or activations, a base model that is not the run's) raises ValueError before any
-output is written.
+the same layers is reused, unless a file of it is corrupt: then it is made again. Bad input (tokens
+that do not line up, more PCs than components, non-finite chi or activations, a base model that is
+not the run's) raises ValueError before any output is written.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import lightning as L
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ..corpus import ContextSet, iter_texts, make_contexts, token_table
+from ..engine import RUN_FILE
 from ..lm import TextDataConfig
 from ..result import read_chi, read_chi_se, read_metadata
-from ..rundir import claim, file_digest, write_json, write_memmap, write_safetensors
+from ..rundir import (
+    TOKENS_FILE,
+    CorruptFileError,
+    claim,
+    file_digest,
+    read_json,
+    read_parquet,
+    read_safetensors,
+    reading,
+    stage_remedy,
+    write_json,
+    write_memmap,
+    write_safetensors,
+)
 from ..tinylm import load_causal_lm
 from .bundle import META_FILE, AuxBundle
 from .features import ResidualFeatures, check_alignment, check_same_model, config_hash, feature_layers, model_identity
@@ -81,13 +94,22 @@ class FitData:
     """Number of distinct documents on each side of the split ("train", "val")."""
 
 
-def _read_run(run_dir: Path) -> tuple[dict, dict, pq.ParquetFile]:
+def read_sample_run(run_dir: Path, needed_by: str) -> tuple[dict, dict, pa.Table]:
+    """(result.json, run.json, token table) of a finished language-model sampling run, verified;
+    ``needed_by`` (e.g. 'aux fit') names the stage that reads it."""
     meta = read_metadata(run_dir)
-    missing = [f for f in ("run.json", "tokens.parquet") if not (run_dir / f).exists()]
+    missing = [f for f in (RUN_FILE, TOKENS_FILE) if not (run_dir / f).exists()]
     if missing:
-        raise FileNotFoundError(f"{run_dir} lacks {', '.join(missing)}: aux fit needs a language-model run made by "
-                                "`run.py sample`")
-    return meta, json.loads((run_dir / "run.json").read_text()), pq.read_table(run_dir / "tokens.parquet")
+        raise FileNotFoundError(f"{run_dir} lacks {', '.join(missing)}: {needed_by} needs a language-model run made "
+                                "by `run.py sample`")
+    return meta, _run_record(run_dir), read_parquet(run_dir / TOKENS_FILE, stage_remedy(run_dir))
+
+
+def _run_record(run_dir: Path) -> dict:
+    # run.json is the identity a resumed run is checked against (rundir.claim): without it the run's
+    # units cannot be told from another run's, and only a new run can take its place.
+    return read_json(run_dir / RUN_FILE, f"{RUN_FILE} records which run {run_dir} holds; delete {run_dir} and "
+                                         "rerun the command that wrote it: the run is sampled again from the start")
 
 
 def _check_chi(run_dir: Path, n_tokens: int) -> None:
@@ -134,11 +156,43 @@ def collect_features(extractor: ResidualFeatures, input_ids: Tensor, batch_size:
 
 
 def _cache_identity(run_dir: Path, layers: list[int], dtype: str) -> dict:
-    return {"run": file_digest(run_dir / "run.json", run_dir / "result.json"), "layers": layers, "dtype": dtype}
+    return {"run": file_digest(run_dir / RUN_FILE, run_dir / "result.json"), "layers": layers, "dtype": dtype}
+
+
+_Cached = TypeVar("_Cached")
+_MADE_AGAIN = "it is made again"  # the remedy of a corrupt cache file that _reuse finds: none is needed
+
+
+def _cache_remedy(cache_dir: Path) -> str:
+    """For a cache file found corrupt right after it was made (a failing disk)."""
+    return f"delete {cache_dir} and rerun the same command: the cache is made again"
+
+
+def _reuse(stamp: Path, wanted: dict, load: Callable[[str], _Cached]) -> _Cached | None:
+    """``load(remedy)`` of the cache that ``stamp`` describes, when it was made for ``wanted``; None
+    when the cache must be made (again).
+
+    A corrupt stamp or cache file is made again rather than refused: the cache derives from the run
+    alone, so making it again costs only time, where a refusal would have the user delete it by hand
+    to the same end. A line names the file.
+    """
+    if not stamp.exists():
+        return None
+    try:
+        return load(_MADE_AGAIN) if read_json(stamp, _MADE_AGAIN) == wanted else None
+    except CorruptFileError as err:
+        print(f"lit-susc: {err}", flush=True)
+        return None
+
+
+def _load_array(path: Path, remedy: str) -> np.ndarray:
+    with reading(path, remedy) as checked:
+        return np.load(checked, mmap_mode="r")
 
 
 def _feature_cache(run_dir: Path, cache_dir: Path, run: dict, tokens, config: FeatureConfig, device: torch.device,
                    trust_remote_code: bool) -> tuple[np.ndarray, list[int], dict]:
+    """(features, layers, the cache's stamp: its identity, the base model's under "base_model")."""
     model, tokenizer, identity = load_run_base_model(run, trust_remote_code)
     layers = config.layers or feature_layers(model.config.num_hidden_layers, config.count)
     extractor = ResidualFeatures(model, layers).to(device)
@@ -146,8 +200,9 @@ def _feature_cache(run_dir: Path, cache_dir: Path, run: dict, tokens, config: Fe
     check_alignment(tokens, token_table(contexts, tokenizer), "the base model's tokens re-created from run.json")
     path, stamp = cache_dir / "features.npy", cache_dir / "features.json"
     wanted = {**_cache_identity(run_dir, layers, config.dtype), "base_model": identity}
-    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
-        return np.load(path, mmap_mode="r"), layers, identity
+    cached = _reuse(stamp, wanted, lambda remedy: _load_array(path, remedy))
+    if cached is not None:
+        return cached, layers, wanted
     created = [d for d in (cache_dir.parent, cache_dir) if not d.exists()]
     try:
         with write_memmap(path, config.dtype, (tokens.num_rows, extractor.n_features)) as out:
@@ -157,7 +212,7 @@ def _feature_cache(run_dir: Path, cache_dir: Path, run: dict, tokens, config: Fe
             d.rmdir()
         raise
     write_json(stamp, wanted)
-    return np.load(path, mmap_mode="r"), layers, identity
+    return _load_array(path, _cache_remedy(cache_dir)), layers, wanted
 
 
 def prepare_fit_data(run_dir: str | Path, cache_dir: str | Path, features: FeatureConfig, targets: TargetConfig,
@@ -165,7 +220,7 @@ def prepare_fit_data(run_dir: str | Path, cache_dir: str | Path, features: Featu
                      trust_remote_code: bool = False) -> FitData:
     """Features, split, PC basis (training split only), targets and normalisation of a finished run."""
     run_dir, cache_dir, device = Path(run_dir), Path(cache_dir), torch.device(device)
-    meta, run, tokens = _read_run(run_dir)
+    meta, run, tokens = read_sample_run(run_dir, "aux fit")
     n_components, n_tokens = len(meta["components"]), meta["n_tokens"]
     if targets.n_pcs is not None and not 1 <= targets.n_pcs <= n_components:
         raise ValueError(f"targets.n_pcs={targets.n_pcs} asked, but {run_dir} has {n_components} components; "
@@ -175,22 +230,29 @@ def prepare_fit_data(run_dir: str | Path, cache_dir: str | Path, features: Featu
                          "run directory is inconsistent")
     _check_chi(run_dir, n_tokens)
     is_val = document_split(tokens.column("document").to_pylist(), split)
-    feats, layers, identity = _feature_cache(run_dir, cache_dir, run, tokens, features, device, trust_remote_code)
+    feats, layers, feature_stamp = _feature_cache(run_dir, cache_dir, run, tokens, features, device,
+                                                  trust_remote_code)
     stamp = cache_dir / "targets.json"
-    wanted = {"features": json.loads((cache_dir / "features.json").read_text()), "targets": asdict(targets),
-              "split": asdict(split)}
+    wanted = {"features": feature_stamp, "targets": asdict(targets), "split": asdict(split)}
     # Made once, then only read: DDP ranks started by Lightning re-run this while rank 0 trains on it.
-    if not (stamp.exists() and json.loads(stamp.read_text()) == wanted):
+    cached = _reuse(stamp, wanted, lambda remedy: _read_targets(cache_dir, remedy))
+    if cached is None:
         stamp.unlink(missing_ok=True)
         _write_targets(run_dir, cache_dir, feats, is_val, n_tokens, targets)
         write_json(stamp, wanted)
-    stats = load_file(str(cache_dir / "normalization.safetensors"))
+        cached = _read_targets(cache_dir, _cache_remedy(cache_dir))
+    fit_targets, pca, stats = cached
     documents = np.asarray(tokens.column("document").to_pylist(), dtype=object)
-    pca = PCABasis.load(cache_dir / "pca.safetensors")
-    return FitData(features=feats, targets=np.load(cache_dir / "targets.npy", mmap_mode="r"), is_val=is_val,
-                   pca=pca, mean_se_sq=_mean_se_sq(run_dir, meta, is_val), **stats, layers=layers,
-                   base_model=identity,
+    return FitData(features=feats, targets=fit_targets, is_val=is_val, pca=pca,
+                   mean_se_sq=_mean_se_sq(run_dir, meta, is_val), **stats, layers=layers,
+                   base_model=feature_stamp["base_model"],
                    documents={"train": len(set(documents[~is_val])), "val": len(set(documents[is_val]))})
+
+
+def _read_targets(cache_dir: Path, remedy: str) -> tuple[np.ndarray, PCABasis, dict[str, Tensor]]:
+    """What ``_write_targets`` wrote, verified: targets, the PC basis, the normalisation."""
+    return (_load_array(cache_dir / "targets.npy", remedy), PCABasis.load(cache_dir / "pca.safetensors", remedy),
+            read_safetensors(cache_dir / "normalization.safetensors", remedy))
 
 
 def _mean_se_sq(run_dir: Path, meta: dict, is_val: np.ndarray) -> Tensor | None:
@@ -289,7 +351,7 @@ def fit_aux(trainer: L.Trainer, sample_dir: str | Path, output_dir: str | Path =
                                            datamodule.val_rows, data.feature_mean, data.feature_std, ridge)
         bundle.meta = {
             "config": config, "base_model": data.base_model, "layers": data.layers,
-            "context_length": json.loads((run_dir / "run.json").read_text())["data"]["context_length"],
+            "context_length": _run_record(run_dir)["data"]["context_length"],
             "n_features": int(data.features.shape[1]), "n_pcs": data.pca.n_pcs, "hidden": module.encoder.out_features,
             "components": meta["components"], "convention": meta["convention"], "nbeta": meta["nbeta"],
             "tokens": {"train": int((~data.is_val).sum()), "val": int(data.is_val.sum())},

@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ..covariance import direction_reliability
-from ..rundir import write_safetensors
+from ..rundir import read_safetensors, stage_remedy, write_safetensors
 from ..statistics import MIN_VARIANCE_RATIO, Moments, column_covariance, principal_components, rank, whiten_scores
 
 
@@ -87,8 +86,11 @@ class PCABasis:
                                  "variances": self.variances})
 
     @classmethod
-    def load(cls, path: str | Path) -> PCABasis:
-        return cls(**load_file(str(path)))
+    def load(cls, path: str | Path, remedy: str | None = None) -> PCABasis:
+        """The basis ``save`` wrote, verified; ``remedy`` says what to do when it is corrupt (default: the
+        remedy of a stage's output, as a basis is in an aux fit's or an aux prediction's directory)."""
+        path = Path(path)
+        return cls(**read_safetensors(path, stage_remedy(path.parent) if remedy is None else remedy))
 
 
 def pc_reliability(pca: PCABasis, mean_se_sq: Tensor) -> Tensor:
