@@ -1,4 +1,5 @@
-"""The sampler's progress bar: which component, chain and draw the current step belongs to."""
+"""The progress bars of lit-susc's Trainers: the sampler's (which component, chain and draw the
+current step belongs to) and one over the optimizer steps of a run bounded by ``max_steps``."""
 
 from __future__ import annotations
 
@@ -32,3 +33,24 @@ class ChainProgressBar(TQDMProgressBar):
 
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
         return {**self._where, **super().get_metrics(trainer, pl_module)}
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar from step 0 to ``trainer.max_steps``, titled ``description``, for a Trainer that
+    stops at max_steps with ``max_epochs=-1``: Lightning's own bar counts the batches of each pass
+    over the data and titles it by an epoch out of max_epochs - 1 ('Epoch 0/-2')."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__()
+        self.description = description
+
+    def on_train_epoch_start(self, trainer, *_: Any) -> None:
+        if trainer.current_epoch == 0:  # the later passes over the data continue the same bar
+            self.train_progress_bar.reset(total=trainer.max_steps)
+            self.train_progress_bar.set_description(self.description)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar, done = self.train_progress_bar, trainer.global_step
+        if self._should_update(done, bar.total):
+            bar.n = done
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar

@@ -1,4 +1,5 @@
-"""What the command line prints: Lightning's messages that say nothing about the user's run, silenced.
+"""What the command line prints: Lightning's messages and transformers' progress bars that say nothing
+about the user's run, silenced.
 
 Applied by ``run.py`` (every command and every stage process goes through it), not on import: a
 program that uses the Python API keeps Lightning's messages as Lightning prints them.
@@ -26,10 +27,19 @@ class _DropTips(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Hide the warnings of ``NOT_THE_USERS_BUSINESS`` and Lightning's tips in this process."""
+    """Hide the warnings of ``NOT_THE_USERS_BUSINESS``, Lightning's tips and transformers' own progress
+    bars ("Loading weights" of every model load, "Writing model shards" of the tiny LM's save) in this
+    process; the hub's download bars stay, as a download can take minutes."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
     for message in NOT_THE_USERS_BUSINESS:
         warnings.filterwarnings("ignore", message=message)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in log.filters):
             log.addFilter(_DropTips())
+    downloads_shown = not are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()  # which turns the hub's bars off too
+    if downloads_shown:
+        enable_progress_bars()

@@ -119,7 +119,9 @@ def check_section(stage: str, section: dict[str, Any]) -> None:
         parser.add_function_arguments(settings, key, skip=FILLED_IN)
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
     try:
-        instantiate(parser.parse_object(section))
+        cfg = instantiate(parser.parse_object(section))
+        if isinstance(settings, type) and key is None:  # fields at the top level: built as parse_settings does
+            settings(**{f.name: cfg[f.name] for f in fields(settings)})
     except Exception as err:  # jsonargparse reports a failed dataclass check as whatever it raised
         raise ValueError(f"the {stage} section: {explain(err)}") from err
 

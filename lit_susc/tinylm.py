@@ -22,6 +22,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import (
     AutoConfig,
@@ -35,6 +36,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from callbacks.progress import StepProgressBar
 from lit_susc.corpus import (
     encode_texts,
     hub_unreachable,
@@ -288,6 +290,7 @@ def train_tiny_lm(
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=progress,
+            callbacks=[StepProgressBar("training tiny LM")] if progress else None,
             enable_model_summary=False,
             default_root_dir=tmp,
         )
@@ -343,6 +346,40 @@ def _not_loaded(name: str, unreachable: str | None, err: OSError) -> ValueError:
     return ValueError(f"cannot load model {name!r}: {err}")
 
 
+def _opens(path: Path) -> bool:
+    """Whether safetensors can read ``path``'s header (which it checks against the file's length)."""
+    try:
+        with safe_open(str(path), framework="pt"):
+            return True
+    except SafetensorError:
+        return False
+
+
+def _corrupt_weights(name: str, revision: str | None, err: SafetensorError) -> CorruptFileError:
+    """safetensors' error for a weights file it cannot parse (truncated, or its header damaged), said
+    as which file it is and how to get it whole again."""
+    reason = " ".join(str(err).split())
+    if looks_like_path(name):
+        folder = Path(name).expanduser()
+        if (folder.parent / SUMMARY_FILE).exists():
+            remedy = (f"delete {folder.parent} and rerun the pipeline (or the command that trained it): its model "
+                      "stage trains the tiny LM again")
+        else:
+            remedy = f"copy or download the model into {folder} again"
+    else:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:  # the copy transformers just read, found without the network
+            folder = Path(snapshot_download(name, revision=revision, local_files_only=True))
+            remedy = f"delete {folder.parents[1]} (the model's copy in the hub cache) and run again to download it"
+        except LocalEntryNotFoundError:
+            folder, remedy = None, "delete the model's copy in the hub cache (hf cache delete) and run again"
+    broken = [p for p in sorted(folder.glob("*.safetensors")) if not _opens(p)] if folder else []
+    what = str(broken[0]) if broken else f"a weights file of model {name!r}"
+    return CorruptFileError(f"{what} is corrupt ({reason}); {remedy}")
+
+
 def load_causal_lm(
     name_or_path: str | os.PathLike,
     *,
@@ -360,6 +397,7 @@ def load_causal_lm(
     Raises:
         ValueError: the directory does not exist, the hub cannot be reached and the model is not
             cached, transformers cannot load it (its reason), or the tokenizer files are missing.
+        CorruptFileError: a weights file is truncated or its header damaged (the message names it).
     """
     name, directory = str(name_or_path), Path(name_or_path).expanduser()
     options, unreachable = _sources(name, revision, trust_remote_code)
@@ -368,6 +406,8 @@ def load_causal_lm(
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **options)
     except OSError as err:  # transformers' word for a model it cannot find or read
         raise _not_loaded(name, unreachable, err) from err
+    except SafetensorError as err:
+        raise _corrupt_weights(name, revision, err) from err
     if not encode_texts(tokenizer, ["hello world"])[0]:
         # transformers builds an empty tokenizer when the files are missing; every text is then no tokens
         present = f" ({name} holds {', '.join(sorted(p.name for p in directory.iterdir()))})" if looks_like_path(name) else ""

@@ -83,7 +83,7 @@ def test_fewer_tokens_than_k_is_refused(tmp_path, capsys):
 
 
 def test_k_zero_is_refused(tmp_path, capsys):
-    _fails(_write_run(tmp_path, np.random.default_rng(0).standard_normal((100, 4))), capsys, "k must be >= 1",
+    _fails(_write_run(tmp_path, np.random.default_rng(0).standard_normal((100, 4))), capsys, "cluster.k must be a whole number >= 1",
            "--k", "0")
 
 

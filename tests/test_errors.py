@@ -24,8 +24,8 @@ UNREACHABLE = "http://127.0.0.1:9"
 
 
 def error_line(capsys, argv) -> str:
-    """The one error line ``run.main(argv)`` prints, last on stderr (after transformers' progress bar
-    when a model was loaded), with no traceback; it must exit with status 2."""
+    """The one error line ``run.main(argv)`` prints, last on stderr, with no traceback; it must exit
+    with status 2."""
     with pytest.raises(SystemExit) as exit_info:
         run.main(argv)
     assert exit_info.value.code == 2
@@ -98,6 +98,33 @@ def test_a_model_directory_without_tokenizer_files_names_them(tmp_path, tiny_lm_
     line = error_line(capsys, sample_argv(tmp_path, model, documents))
     assert f"model '{model}' has no tokenizer files ({model} holds config.json," in line
     assert "it needs tokenizer.json" in line
+
+
+def _truncated(path):
+    path.write_bytes(path.read_bytes()[:-1000])
+
+
+def _header_damaged(path):
+    data = bytearray(path.read_bytes())
+    data[10:40] = bytes(b ^ 0xFF for b in data[10:40])  # inside the JSON header after its 8-byte length
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, trained, remedy", [
+    (_truncated, True, ("delete {out} and rerun the pipeline (or the command that trained it): its model stage "
+                        "trains the tiny LM again")),
+    (_header_damaged, False, "copy or download the model into {model} again"),
+], ids=["truncated weights of a trained tiny LM", "damaged header of a copied model"])
+def test_corrupt_model_weights_name_the_file_and_how_to_get_it_whole(tmp_path, tiny_lm_dir, documents, capsys,
+                                                                      damage, trained, remedy):
+    """It used to end in safetensors' traceback from inside transformers."""
+    out = shutil.copytree(tiny_lm_dir.parent if trained else tiny_lm_dir, tmp_path / "tiny")
+    model = out / "model" if trained else out
+    damage(model / "model.safetensors")
+    line = error_line(capsys, sample_argv(tmp_path, model, documents))
+    assert line.startswith(f"lit-susc: error: {model / 'model.safetensors'} is corrupt (Error while deserializing")
+    assert line.endswith(remedy.format(out=out, model=model))
+    assert not (tmp_path / "out" / "summary.json").exists()
 
 
 # ----------------------------------------------------------------------------- config files and options

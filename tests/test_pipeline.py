@@ -133,6 +133,8 @@ def _merged(base: dict, change: dict) -> dict:
 
 @pytest.mark.parametrize("section,change,message", [
     ("cluster", {"alhpa": 1e-3}, "the cluster section: Option 'alhpa' is not accepted"),
+    ("cluster", {"k": 0}, "the cluster section: cluster.k must be a whole number >= 1"),
+    ("analyse", {"k": 0}, "the analyse section: analyse.k must be a whole number >= 1"),
     ("report", {"examples_per_cluster": "many"}, "the report section: examples_per_cluster"),
     ("aux_fit", {"model": {"l1": "strong"}}, "the aux_fit section: model"),
     ("sample", {"model": {"sgld": {"lr": -1e-3}}}, "the sample section: sgld.lr must be a finite number > 0"),

@@ -23,8 +23,10 @@ import pytest
 import torch
 
 from lit_susc import SusceptibilityResult
+from lit_susc.aux.fit import sample_run_digest
 from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
 from lit_susc.report import ReportConfig, build_report, pages
+from lit_susc.report.inputs import read_inputs
 from lit_susc.report.pages import visible
 from lit_susc.report.statistics import (
     IDENTITY_PURITY,
@@ -35,7 +37,7 @@ from lit_susc.report.statistics import (
     token_types,
     top_token_counts,
 )
-from lit_susc.rundir import write_json
+from lit_susc.rundir import file_digest, write_json
 
 COMPONENTS = [f"layers.{l}.heads.{h}" for l in range(2) for h in range(3)] + [
     "layers.0.mlp", "layers.1.mlp", "embed", "unembed"]
@@ -91,14 +93,18 @@ def _write_sample_run(directory: Path, X: np.ndarray, tokens: list[str]) -> Path
                          tokens=_token_table(tokens)).save(directory, shard_tokens=256,
                                                            extra={"ref_loss_at_w_star": 4.0})
     pq.write_table(_traces(), directory / "traces.parquet")
+    write_json(directory / "run.json", {"sgld": {"seed": 0}, "model": {"pretrained": "tiny-test-lm"}})
     return directory
 
 
-def _write_aux_fit(directory: Path) -> Path:
+def _write_aux_fit(directory: Path, sample_dir: Path, pearson_mean: float = 0.675) -> Path:
+    """An aux fit of ``sample_dir`` as ``aux fit`` records it: its config's sample_dir, and the digest of
+    the run's run.json and result.json (lit_susc.aux.fit.sample_run_digest)."""
     directory.mkdir()
     (directory / "aux.json").write_text(json.dumps({
+        "config": {"sample_dir": str(sample_dir)}, "sample_run": sample_run_digest(sample_dir),
         "components": COMPONENTS, "n_pcs": 4, "pc_variances": [9.0, 3.0, 1.0, 0.5],
-        "pearson": [0.9, 0.8, 0.6, 0.4], "pearson_mean": 0.675, "ridge": {"pearson": [0.8, 0.6, 0.3, 0.1]},
+        "pearson": [0.9, 0.8, 0.6, 0.4], "pearson_mean": pearson_mean, "ridge": {"pearson": [0.8, 0.6, 0.3, 0.1]},
         "noise_ceiling": [0.99, 0.95, 0.7, 0.5]}))
     (directory / "summary.json").write_text("{}")
     return directory
@@ -119,7 +125,7 @@ def work(tmp_path_factory):
     X, tokens = _planted_chi()
     run_dir = _write_sample_run(root / "run", X, tokens)
     run_cluster_stage(ClusterConfig(input_dir=str(run_dir), **CLUSTERING), progress=False)
-    aux_dir, analysis_dir = _write_aux_fit(root / "aux"), _write_analysis(root / "analysis")
+    aux_dir, analysis_dir = _write_aux_fit(root / "aux", run_dir), _write_analysis(root / "analysis")
     index = build_report(root / "report", cluster_dir=run_dir / "clusters", sample_dir=run_dir, aux_dir=aux_dir,
                          analysis_dir=analysis_dir)
     clusters = pq.read_table(run_dir / "clusters" / "clusters.parquet").to_pylist()
@@ -492,22 +498,31 @@ def test_a_context_window_stops_at_its_context_whatever_the_context_numbering():
 # ----------------------------------------------------------------------------- other inputs
 
 
-def test_a_clustering_of_aux_predicted_chi_is_reported_with_its_own_token_table(work, tmp_path):
-    """An aux-predict directory: chi shards, token-table shards under tokens/ with global context numbers."""
-    X, tokens = _planted_chi(seed=2)
-    predicted = tmp_path / "predict"
+def _clustered_prediction(directory: Path, aux_dir: Path, X: np.ndarray, tokens: list[str]) -> Path:
+    """An aux-predict directory of ``aux_dir``'s model (chi shards, token-table shards under tokens/ with
+    global context numbers, result.json's config naming the aux fit as ``aux predict`` records it),
+    clustered into ``<directory>-clusters``."""
     SusceptibilityResult(chi=torch.as_tensor(X.T.copy()), components=COMPONENTS, convention="seed",
-                         nbeta=10.0).save(predicted, shard_tokens=300)
+                         nbeta=10.0).save(directory, shard_tokens=300)
     table, shards = _token_table(tokens), []
-    (predicted / "tokens").mkdir()
+    (directory / "tokens").mkdir()
     for s, start in enumerate((0, 300)):
         name = f"tokens/shard-{s:05d}.parquet"
-        pq.write_table(table.slice(start, 300), predicted / name)
+        pq.write_table(table.slice(start, 300), directory / name)
         shards.append({"file": name, "start": start, "stop": start + 300})
-    meta = json.loads((predicted / "result.json").read_text())
-    write_json(predicted / "result.json", {**meta, "source": "aux", "tokens": shards})  # with its checksum
-    clusters = tmp_path / "predict-clusters"
-    run_cluster_stage(ClusterConfig(input_dir=str(predicted), output_dir=str(clusters), **CLUSTERING), progress=False)
+    meta = json.loads((directory / "result.json").read_text())
+    write_json(directory / "result.json", {**meta, "source": "aux", "tokens": shards,  # with its checksum
+                                           "config": {"aux": file_digest(aux_dir / "aux.json"),
+                                                      "aux_dir": str(aux_dir)}})
+    clusters = directory.with_name(directory.name + "-clusters")
+    run_cluster_stage(ClusterConfig(input_dir=str(directory), output_dir=str(clusters), **CLUSTERING), progress=False)
+    return clusters
+
+
+def test_a_clustering_of_aux_predicted_chi_is_reported_with_its_own_token_table(work, tmp_path):
+    X, tokens = _planted_chi(seed=2)
+    predicted = tmp_path / "predict"
+    clusters = _clustered_prediction(predicted, work["aux"], X, tokens)
     index = build_report(tmp_path / "report", cluster_dir=clusters, sample_dir=work["run"], aux_dir=work["aux"])
     text = index.read_text()
     assert "predicted by the aux model" in text and str(predicted) in text
@@ -522,9 +537,9 @@ def test_a_clustering_of_aux_predicted_chi_is_reported_with_its_own_token_table(
 
 def test_no_clusters_is_said_plainly_and_gives_no_cluster_pages(work, tmp_path):
     out = tmp_path / "none"
-    # no prefix has a conductance below 0
+    # no prefix fits: the largest a cluster may be (1% of 600 tokens) is below min_size
     run_cluster_stage(ClusterConfig(input_dir=str(work["run"]), output_dir=str(out), **CLUSTERING,
-                                    conductance_threshold=0.0), progress=False)
+                                    max_fraction=0.01), progress=False)
     index = build_report(tmp_path / "report", cluster_dir=out, sample_dir=work["run"])
     text = index.read_text()
     assert "found no clusters" in text and "0 of 600 tokens" in text
@@ -567,3 +582,59 @@ def test_inputs_that_do_not_belong_together_are_refused_before_anything_is_writt
         build_report(tmp_path / "r4", cluster_dir=work["run"] / "clusters", sample_dir=work["run"],
                      config=ReportConfig(trace_components=["layers.9.*"]))
     assert not any((tmp_path / f"r{i}").exists() for i in range(1, 5))
+
+
+@pytest.fixture(scope="module")
+def other_run(work):
+    """Another finished sampling run with the same components (other chi, so another result.json), clustered."""
+    other = _write_sample_run(work["root"] / "other-run", *_planted_chi(seed=3))
+    run_cluster_stage(ClusterConfig(input_dir=str(other), **CLUSTERING), progress=False)
+    return other
+
+
+def _forget_the_run_digest(aux: Path) -> None:
+    """aux.json as a fit from before it recorded the digest of its sample run wrote it."""
+    meta = json.loads((aux / "aux.json").read_text())
+    del meta["sample_run"]
+    (aux / "aux.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("record", ["digest", "none"], ids=[
+    "by the fit's digest of the run", "by its config's sample_dir, in a fit from before the digest"])
+def test_a_sample_dir_that_is_not_the_run_the_aux_model_was_fit_on_is_refused(work, other_run, tmp_path, record):
+    """The report would show the other run's draws and LLCs beside the aux model's plots. A clustering
+    of aux predictions is refused the same way, whether the aux fit is passed or found where the
+    prediction names it."""
+    aux = tmp_path / "aux"
+    shutil.copytree(work["aux"], aux)
+    if record == "none":
+        _forget_the_run_digest(aux)
+    refused = f"the aux model in {aux} was fit on the sampling run {work['run']}, not on sample_dir {other_run}"
+    with pytest.raises(ValueError, match=re.escape(refused)) as err:
+        build_report(tmp_path / "r1", cluster_dir=other_run / "clusters", sample_dir=other_run, aux_dir=aux)
+    assert f"pass sample_dir={str(work['run'])!r}" in str(err.value)
+    clusters = _clustered_prediction(tmp_path / "predict", aux, *_planted_chi(seed=2))
+    for aux_dir in (aux, None):
+        with pytest.raises(ValueError, match=re.escape(refused)):
+            build_report(tmp_path / "r2", cluster_dir=clusters, sample_dir=other_run, aux_dir=aux_dir)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_a_clustering_of_another_aux_models_predictions_is_refused(work, tmp_path):
+    other_fit = _write_aux_fit(tmp_path / "other-aux", work["run"], pearson_mean=0.5)
+    clusters = _clustered_prediction(tmp_path / "predict", other_fit, *_planted_chi(seed=2))
+    with pytest.raises(ValueError, match=re.escape(f"is of chi that the aux model in {other_fit} predicted")) as err:
+        build_report(tmp_path / "r", cluster_dir=clusters, sample_dir=work["run"], aux_dir=work["aux"])
+    assert f"but aux_dir is {work['aux']}, another fit; pass aux_dir={str(other_fit)!r}" in str(err.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_and_its_aux_fit_moved_elsewhere_are_still_the_run_it_was_fit_on(work, tmp_path):
+    """What decides is the digest the fit recorded, not the path: the run (with its clustering inside it)
+    and the fit are copied elsewhere. Without the digest, the copy is recognised as the run the fit's
+    config names by its run.json and result.json."""
+    run, aux = shutil.copytree(work["run"], tmp_path / "run"), shutil.copytree(work["aux"], tmp_path / "aux")
+    inputs = read_inputs(cluster_dir=run / "clusters", sample_dir=run, aux_dir=aux)
+    assert inputs.sample_dir == run and inputs.aux is not None
+    _forget_the_run_digest(aux)  # without the digest, the sample_dir recorded decides
+    read_inputs(cluster_dir=run / "clusters", sample_dir=run, aux_dir=aux)

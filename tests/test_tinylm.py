@@ -82,6 +82,27 @@ def test_a_model_trained_before_the_architecture_field_is_still_recognised(train
     assert _train(out_dir) == model_dir
 
 
+def test_the_progress_bar_counts_steps_to_train_steps_across_passes_over_the_data(tmp_path, capsys):
+    """Lightning's own bar read 'Epoch 0/-2' (max_epochs=-1) and restarted at each pass over the data;
+    here 2 batches of 4 make a pass, so 5 steps take three."""
+    config = dataclasses.replace(TINY, train_steps=5, batch_size=4, max_train_contexts=8, eval_contexts=4)
+    train_tiny_lm(tmp_path, config, progress=True, max_documents=5)
+    out = capsys.readouterr().out
+    bar = [line.strip() for line in out.replace("\r", "\n").splitlines() if line.startswith("training tiny LM")]
+    assert [line.split("|")[2].split()[0] for line in bar][:3] == ["0/5", "1/5", "2/5"]
+    assert bar[-1].startswith("training tiny LM: 100%") and " 5/5 " in bar[-1]
+    assert "Epoch" not in out
+
+
+def test_the_command_line_loads_a_model_without_transformers_progress_bar(trained, capsys):
+    """run.py calls quiet_lightning in every process (here: for good, as any test that calls run.main does)."""
+    from lit_susc.console import quiet_lightning
+
+    quiet_lightning()
+    load_causal_lm(str(trained[1]))
+    assert "Loading weights" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("changes,message", [
     ({"architecture": "mamba"}, "architecture must be"),
     ({"num_key_value_heads": 1}, "for architecture 'llama'"),

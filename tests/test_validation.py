@@ -12,6 +12,7 @@ behind once the model is trained or reused again.
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -204,8 +205,66 @@ def test_cluster_refuses_a_directory_of_someone_elses_files(tmp_path, capsys):
     out.mkdir()
     (out / "config.json").write_text('{"my": "settings"}\n')
     _exits_with_one_error(capsys, ["cluster", "--input_dir", str(_chi_run(tmp_path / "run")), "--output_dir",
-                                   str(out), "--k", "5"], "is not empty and holds no run of this stage (config.json)")
+                                   str(out), "--k", "8"], "is not empty and holds no run of this stage (config.json)")
     assert (out / "config.json").read_text() == '{"my": "settings"}\n' and len(list(out.iterdir())) == 1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("k", 0, "cluster.k must be a whole number >= 1, got 0"),
+    ("k", 5, ("cluster.k must be >= 7 with kernel 'gaussian_local', got 5: a point's scale is its distance to its "
+              "7th neighbour")),
+    ("max_pushes", 0, "cluster.max_pushes must be a whole number >= 1, got 0"),
+    ("min_size", -5, "cluster.min_size must be a whole number >= 1, got -5"),
+    ("seeds_per_round", 0, "cluster.seeds_per_round must be a whole number >= 1, got 0"),
+    ("devices", 0, "cluster.devices must be a whole number >= 1, got 0"),
+    ("seed", -1, "cluster.seed must be a whole number >= 0, got -1"),
+    ("eps", -1e-7, "cluster.eps must be a finite number > 0, got -1e-07"),
+    ("eps", math.nan, "cluster.eps must be a finite number > 0, got nan"),
+    ("alpha", 0.0, "cluster.alpha must be a finite number > 0, got 0.0"),
+    ("alpha", 1.0, "cluster.alpha must be a finite number < 1, got 1.0: it is the lazy walk's teleport probability"),
+    ("alpha", math.inf, "cluster.alpha must be a finite number > 0, got inf"),
+    ("max_fraction", 1.5, "cluster.max_fraction must be a finite number <= 1, got 1.5"),
+    ("conductance_threshold", 0.0, "cluster.conductance_threshold must be a finite number > 0, got 0.0"),
+    ("conductance_threshold", 1.2, "cluster.conductance_threshold must be a finite number <= 1, got 1.2"),
+    ("min_variance_ratio", -1e-6, "cluster.min_variance_ratio must be a finite number >= 0, got -1e-06"),
+    ("min_variance_ratio", 1.0, "cluster.min_variance_ratio must be a finite number < 1, got 1.0"),
+    ("min_pc_reliability", math.nan, "cluster.min_pc_reliability must be a finite number >= 0, got nan"),
+])
+def test_a_bad_cluster_value_fails_naming_it_and_writes_nothing(tmp_path, capsys, field, value, message):
+    run_dir, out = _chi_run(tmp_path / "run"), tmp_path / "out"
+    config = write(tmp_path / "cluster.yaml", {"input_dir": str(run_dir), "output_dir": str(out), field: value})
+    _exits_with_one_error(capsys, ["cluster", "--config", str(config)], f"lit-susc: error: {message}")
+    assert _nothing_written(out) and not (run_dir / "clusters").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("alpha", math.nan, "cluster.alpha must be a finite number > 0, got nan"),
+    ("accelerator", "tpu", "cluster.accelerator must be one of 'auto', 'cpu', 'gpu', 'cuda', got 'tpu'"),
+])
+def test_a_cluster_config_set_out_of_range_after_it_was_made_is_refused_by_the_stage(tmp_path, field, value, message):
+    """The Python API: a field set after construction is checked when the stage starts, before it reads."""
+    from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
+
+    config = ClusterConfig(input_dir=str(tmp_path / "missing"), output_dir=str(tmp_path / "out"))
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_cluster_stage(config, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("k", 0, "analyse.k must be a whole number >= 1, got 0"),
+    ("batch_size", 0, "analyse.batch_size must be a whole number >= 1, got 0"),
+    ("max_tokens", 1, "analyse.max_tokens must be a whole number >= 2 or null, got 1"),
+    ("seed", -3, "analyse.seed must be a whole number >= 0, got -3"),
+])
+def test_a_bad_analyse_value_fails_naming_it_and_writes_nothing(tmp_path, capsys, field, value, message):
+    """Checked when the settings are read, before the sample run, the aux fit or a model is opened."""
+    out = tmp_path / "out"
+    config = write(tmp_path / "analyse.yaml", {"sample_dir": str(tmp_path / "run"), "aux_dir": str(tmp_path / "aux"),
+                                               "output_dir": str(out), field: value})
+    _exits_with_one_error(capsys, ["analyse", "--config", str(config)], f"lit-susc: error: {message}")
+    assert _nothing_written(out)
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +299,27 @@ def test_analyse_refuses_a_directory_of_someone_elses_files(aux_fit, tmp_path, c
                                    "--output_dir", str(out), "--k", "5"],
                           "is not empty and holds no run of this stage (notes.txt)")
     assert (out / "notes.txt").read_text() == "mine\n" and len(list(out.iterdir())) == 1
+
+
+def test_report_refuses_a_sample_run_the_aux_model_was_not_fit_on_and_takes_a_moved_one(aux_fit, tiny_lm_dir,
+                                                                                      tmp_path, capsys):
+    """Another finished sample run of the same model and components, clustered, with the aux fit of the
+    first: refused, naming both runs. The fitted run copied elsewhere is still the run it was fit on
+    (the digest the real aux fit recorded decides, not the path)."""
+    from lit_susc.report.inputs import read_inputs
+
+    tmp, _ = aux_fit
+    other = run_sample(tiny_lm_dir, short_documents(tmp_path / "docs"), tmp_path / "other", 16, 4)
+    moved = shutil.copytree(tmp / "run", tmp_path / "moved")
+    for run_dir in (other, moved):
+        run.main(["cluster", "--input_dir", str(run_dir), "--k", "8", "--min_size", "3"])
+    out = tmp_path / "report"
+    _exits_with_one_error(capsys, ["report", "--cluster_dir", str(other / "clusters"), "--sample_dir", str(other),
+                                   "--aux_dir", str(tmp / "aux"), "--report_dir", str(out)],
+                          f"lit-susc: error: the aux model in {tmp / 'aux'} was fit on the sampling run {tmp / 'run'}, "
+                          f"not on sample_dir {other} (another run); pass sample_dir='{tmp / 'run'}'")
+    assert not out.exists()
+    assert read_inputs(moved / "clusters", moved, aux_dir=tmp / "aux").sample_dir == moved
 
 
 # ----------------------------------------------------------------------------- the tiny LM's working directories

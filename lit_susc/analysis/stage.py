@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import check_number
 from .leak import LeakConfig, run_leak_check
 
 
@@ -30,6 +31,14 @@ class AnalyseConfig(LeakConfig):
     """'auto' (CUDA when available), 'cpu', 'cuda', ..."""
     trust_remote_code: bool = False
     """Allow model code from the hub for the base model."""
+
+    def __post_init__(self) -> None:
+        # before LeakConfig's own checks, which name no section and let NaN or 2.5 through
+        for name in ("k", "batch_size"):
+            check_number(f"analyse.{name}", getattr(self, name), low=1, integer=True)
+        check_number("analyse.max_tokens", self.max_tokens, low=2, integer=True, optional=True)
+        check_number("analyse.seed", self.seed, low=0, integer=True)
+        super().__post_init__()
 
 
 def run_analyse_stage(config: AnalyseConfig) -> Path:

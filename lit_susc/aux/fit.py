@@ -155,8 +155,15 @@ def collect_features(extractor: ResidualFeatures, input_ids: Tensor, batch_size:
             out[a * per_context:a * per_context + len(feats)] = feats.cpu().numpy()
 
 
+def sample_run_digest(run_dir: Path) -> str:
+    """A sampling run's identity wherever it lies: the digest of what it sampled (run.json) and what
+    it found (result.json). aux.json records it as ``sample_run``, so the run can be recognised after
+    it was moved (the report checks it)."""
+    return file_digest(run_dir / RUN_FILE, run_dir / "result.json")
+
+
 def _cache_identity(run_dir: Path, layers: list[int], dtype: str) -> dict:
-    return {"run": file_digest(run_dir / RUN_FILE, run_dir / "result.json"), "layers": layers, "dtype": dtype}
+    return {"run": sample_run_digest(run_dir), "layers": layers, "dtype": dtype}
 
 
 _Cached = TypeVar("_Cached")
@@ -350,7 +357,8 @@ def fit_aux(trainer: L.Trainer, sample_dir: str | Path, output_dir: str | Path =
         ridge_r, ridge_fit = ridge_pearson(data.features, data.targets, datamodule.train_rows,
                                            datamodule.val_rows, data.feature_mean, data.feature_std, ridge)
         bundle.meta = {
-            "config": config, "base_model": data.base_model, "layers": data.layers,
+            "config": config, "sample_run": sample_run_digest(run_dir), "base_model": data.base_model,
+            "layers": data.layers,
             "context_length": _run_record(run_dir)["data"]["context_length"],
             "n_features": int(data.features.shape[1]), "n_pcs": data.pca.n_pcs, "hidden": module.encoder.out_features,
             "components": meta["components"], "convention": meta["convention"], "nbeta": meta["nbeta"],

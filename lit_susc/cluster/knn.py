@@ -181,13 +181,17 @@ def knn(
     return np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)
 
 
+LOCAL_SCALE_NEIGHBOR = 7
+"""The neighbour whose distance is a point's scale s_i in the Gaussian kernels (knn_graph), unless told otherwise."""
+
+
 def knn_graph(
     X: np.ndarray | torch.Tensor,
     k: int = 45,
     *,
     backend: Backend = "auto",
     kernel: Kernel = "gaussian_local",
-    local_scale_neighbor: int = 7,
+    local_scale_neighbor: int = LOCAL_SCALE_NEIGHBOR,
     sigma: float | None = None,
     chunk_size: int | None = None,
     device: str | torch.device | None = None,
@@ -224,7 +228,7 @@ def graph_from_knn(
     dist: np.ndarray,
     *,
     kernel: Kernel = "gaussian_local",
-    local_scale_neighbor: int = 7,
+    local_scale_neighbor: int = LOCAL_SCALE_NEIGHBOR,
     sigma: float | None = None,
 ) -> sp.csr_matrix:
     """The graph of knn_graph from precomputed neighbours: idx, dist [N, k] as knn returns them

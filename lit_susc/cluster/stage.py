@@ -33,7 +33,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,7 @@ import torch
 
 from ..aux.bundle import PCA_FILE
 from ..aux.pca import PCABasis
+from ..config import check_number
 from ..covariance import direction_reliability
 from ..result import read_chi, read_chi_se, read_metadata, shard_remedy
 from ..rundir import (
@@ -57,7 +58,7 @@ from ..rundir import (
 )
 from ..statistics import MIN_VARIANCE_RATIO
 from .clustering import DEFAULT_CONDUCTANCE_THRESHOLD, DEFAULT_MAX_PUSHES, DEFAULT_SEEDS_PER_ROUND, cluster_graph
-from .knn import graph_from_knn, knn, knn_graph, row_blocks
+from .knn import LOCAL_SCALE_NEIGHBOR, graph_from_knn, knn, knn_graph, row_blocks
 from .whiten import WhitenInfo, whiten
 
 
@@ -110,8 +111,48 @@ class ClusterConfig:
     """Where the k-NN search runs ('auto': CUDA if available). With devices > 1 on 'gpu', one
     GPU per rank; on 'cpu' the ranks share the CPU cores (gloo backend)."""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field outside its range (NaN and inf included), as the
+        YAML spells it, so that a bad setting fails before the stage reads or writes anything
+        (construction calls it; so does the stage, as fields can be set afterwards)."""
+        for name in ("k", "max_pushes", "min_size", "seeds_per_round", "devices"):
+            check_number(f"cluster.{name}", getattr(self, name), low=1, integer=True)
+        check_number("cluster.seed", self.seed, low=0, integer=True)
+        check_number("cluster.eps", self.eps, low=0, strict=True)
+        _check_fraction("cluster.alpha", self.alpha, why="it is the lazy walk's teleport probability")
+        _check_fraction("cluster.max_fraction", self.max_fraction, one=True)
+        _check_fraction("cluster.conductance_threshold", self.conductance_threshold, one=True,
+                        why="a cluster's conductance, which lies in [0, 1], must be below it")
+        # 1 would drop every PC (or every whitened PC) and leave nothing to cluster
+        _check_fraction("cluster.min_variance_ratio", self.min_variance_ratio, zero=True)
+        _check_fraction("cluster.min_pc_reliability", self.min_pc_reliability, zero=True)
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"cluster.{name} must be one of {', '.join(map(repr, allowed))}, got "
+                                 f"{getattr(self, name)!r}")
+        if self.kernel != "unweighted" and self.k < LOCAL_SCALE_NEIGHBOR:
+            raise ValueError(f"cluster.k must be >= {LOCAL_SCALE_NEIGHBOR} with kernel {self.kernel!r}, got {self.k}: a "
+                             f"point's scale is its distance to its {LOCAL_SCALE_NEIGHBOR}th neighbour; raise k or use "
+                             "kernel: unweighted")
+
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path(self.input_dir) / "clusters"
+
+
+_CHOICES = {name: get_args(hint) for name, hint in get_type_hints(ClusterConfig).items() if get_origin(hint) is Literal}
+"""The values of ClusterConfig's Literal fields (jsonargparse checks them on the command line; validate, in the API)."""
+
+
+def _check_fraction(name: str, value, *, zero: bool = False, one: bool = False, why: str = "") -> None:
+    """``check_number`` with 1 as an upper bound: a finite number above 0 and below 1, with ``zero``
+    and ``one`` including those ends; the message names the setting ``name`` and the bound it broke."""
+    check_number(name, value, low=0, strict=not zero, why=why)
+    if value > 1 or (value == 1 and not one):
+        raise ValueError(f"{name} must be a finite number {'<=' if one else '<'} 1, got {value!r}"
+                         + (f": {why}" if why else ""))
 
 
 CONFIG_FILE = "config.json"
@@ -179,15 +220,8 @@ def _rank_threads(devices: int):
 
 def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
     """Cluster the tokens of ``config.input_dir``; returns the output directory."""
+    config.validate()
     run_dir, out = Path(config.input_dir), config.resolved_output_dir()
-    if config.k < 1:
-        raise ValueError(f"k must be >= 1, got {config.k}")
-    if config.devices < 1:
-        raise ValueError(f"devices must be >= 1, got {config.devices}")
-    if not 0 <= config.min_pc_reliability < 1:
-        raise ValueError(f"min_pc_reliability must be in [0, 1), got {config.min_pc_reliability}")
-    if config.accelerator not in ("auto", "cpu", "gpu", "cuda"):
-        raise ValueError(f"unknown accelerator {config.accelerator!r}; use 'auto', 'cpu', 'gpu' or 'cuda'")
     meta = read_metadata(run_dir)
     if claim(out, _result_settings(asdict(config)), record=CONFIG_FILE, view=_result_settings,
              other="another clustering", resumable=False, known=OUTPUTS) == "finished":

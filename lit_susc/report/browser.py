@@ -62,7 +62,8 @@ def build_report(report_dir: str | Path, *, cluster_dir: str | Path, sample_dir:
 
     Raises:
         FileNotFoundError: if an input directory or a file it must hold is missing, or a stage did not finish.
-        ValueError: if the inputs disagree with each other, or ``report_dir`` holds something else.
+        ValueError: if the inputs disagree with each other (a ``sample_dir`` the aux model was not fit
+            on, a clustering of another aux model's predictions, ...), or ``report_dir`` holds something else.
     """
     config = config or ReportConfig()
     inputs = read_inputs(cluster_dir, sample_dir, aux_dir, analysis_dir)

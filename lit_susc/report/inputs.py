@@ -14,8 +14,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..aux.bundle import META_FILE
+from ..aux.fit import sample_run_digest
+from ..engine import RUN_FILE
 from ..result import read_metadata
-from ..rundir import read_json, read_parquet, read_summary, require_finished, stage_remedy
+from ..rundir import (
+    file_digest,
+    read_json,
+    read_parquet,
+    read_summary,
+    require_finished,
+    stage_remedy,
+)
 from .config import ReportConfig
 
 TOKEN_COLUMNS = ("token", "context", "offset")
@@ -73,9 +83,23 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
     input_dir = clustered_run(cluster_dir, cluster_config)
     input_meta = read_metadata(input_dir)
     sample_meta = read_metadata(sample_dir)
-    if input_meta.get("source") != "aux" and input_dir.resolve() != sample_dir.resolve():
+    aux = None
+    if aux_dir is not None:
+        aux_dir = _require_dir(aux_dir, "aux_dir")
+        require_finished(aux_dir, "aux fit", "run `python run.py aux fit` to completion first")
+        aux = _read_json(aux_dir / META_FILE, "`aux fit` writes it", stage_remedy(aux_dir))
+        missing = [k for k in ("pc_variances", "pearson", "ridge") if k not in aux]
+        if missing:
+            raise ValueError(f"{aux_dir}/{META_FILE} lacks {missing}; is it the output of `aux fit`?")
+    if input_meta.get("source") == "aux":
+        fit_dir = _predicting_fit(cluster_dir, input_dir, input_meta, aux_dir)
+        if fit_dir is not None:
+            _check_fitted_on(fit_dir, sample_dir)
+    elif not _same_run(input_dir, sample_dir):
         raise ValueError(f"the clustering in {cluster_dir} is of the sampling run {input_dir}, but sample_dir is "
-                         f"{sample_dir}; pass sample_dir={str(input_dir)!r}")
+                         f"{sample_dir}, another run; pass sample_dir={str(input_dir)!r}")
+    elif aux_dir is not None:
+        _check_fitted_on(aux_dir, sample_dir)
     if input_meta["components"] != sample_meta["components"]:
         raise ValueError(f"the clustered run {input_dir} and the sampling run {sample_dir} have different components "
                          f"({len(input_meta['components'])} vs {len(sample_meta['components'])}); pass the sampling "
@@ -99,14 +123,6 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
 
     traces = (read_parquet(sample_dir / "traces.parquet", stage_remedy(sample_dir))
               if (sample_dir / "traces.parquet").exists() else None)
-    aux = None
-    if aux_dir is not None:
-        aux_dir = _require_dir(aux_dir, "aux_dir")
-        require_finished(aux_dir, "aux fit", "run `python run.py aux fit` to completion first")
-        aux = _read_json(aux_dir / "aux.json", "`aux fit` writes it", stage_remedy(aux_dir))
-        missing = [k for k in ("pc_variances", "pearson", "ridge") if k not in aux]
-        if missing:
-            raise ValueError(f"{aux_dir}/aux.json lacks {missing}; is it the output of `aux fit`?")
     leak = None
     if analysis_dir is not None:
         analysis_dir = _require_dir(analysis_dir, "analysis_dir")
@@ -139,6 +155,58 @@ def clustered_run(cluster_dir: Path, cluster_config: dict) -> Path:
         raise FileNotFoundError(f"{cluster_dir}/config.json names input_dir {str(path)!r}, which does not exist from "
                                 f"here ({Path.cwd()}); run from the directory the cluster stage ran in")
     return path
+
+
+def _run_digest(directory: Path) -> str | None:
+    """``sample_run_digest`` of a directory that holds a sampling run's records, else None."""
+    return sample_run_digest(directory) if (directory / RUN_FILE).exists() else None
+
+
+def _same_run(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` hold one sampling run: the same directory, or a copy of it (moved elsewhere)."""
+    return a.resolve() == b.resolve() or (_run_digest(a) is not None and _run_digest(a) == _run_digest(b))
+
+
+def _check_fitted_on(aux_dir: Path, sample_dir: Path) -> None:
+    """Refuse a ``sample_dir`` that is not the run the aux model in ``aux_dir`` was fit on.
+
+    The digest of that run in aux.json (``sample_run``) decides, so the run may have moved since; a
+    fit from before aux.json recorded it is judged by the ``sample_dir`` its config names, when that
+    directory is still there. A fit that names no run at all is let through: nothing says which it was.
+    """
+    aux = read_json(aux_dir / META_FILE, stage_remedy(aux_dir))
+    fitted_on = (aux.get("config") or {}).get("sample_dir")
+    digest = aux.get("sample_run")
+    if digest is not None:
+        same = digest == _run_digest(sample_dir)
+    elif fitted_on is not None and Path(fitted_on).is_dir():
+        same = _same_run(Path(fitted_on), sample_dir)
+    else:
+        return
+    if same:
+        return
+    if fitted_on:
+        raise ValueError(f"the aux model in {aux_dir} was fit on the sampling run {fitted_on}, not on sample_dir "
+                         f"{sample_dir} (another run); pass sample_dir={fitted_on!r} (or where that run is now)")
+    raise ValueError(f"the aux model in {aux_dir} was not fit on sample_dir {sample_dir} (another run); pass the "
+                     "sampling run it was fit on")
+
+
+def _predicting_fit(cluster_dir: Path, input_dir: Path, input_meta: dict, aux_dir: Path | None) -> Path | None:
+    """The aux fit whose model predicted the chi that ``cluster_dir`` clustered (``input_dir``, an aux
+    prediction, records the digest of its aux.json): ``aux_dir``, refused when it is another fit;
+    without one, the fit directory the prediction names, if it is still that fit; else None."""
+    recorded = input_meta.get("config") or {}
+    digest, named = recorded.get("aux"), recorded.get("aux_dir")
+    if aux_dir is not None:
+        if digest is not None and digest != file_digest(aux_dir / META_FILE):
+            raise ValueError(f"the clustering in {cluster_dir} is of chi that the aux model in {named} predicted "
+                             f"({input_dir}), but aux_dir is {aux_dir}, another fit; pass aux_dir={named!r} (or "
+                             "where that fit is now), or the clustering of this aux model's predictions")
+        return aux_dir
+    if named is not None and (Path(named) / META_FILE).is_file() and file_digest(Path(named) / META_FILE) == digest:
+        return Path(named)
+    return None
 
 
 def trace_components(inputs: Inputs, config: ReportConfig) -> list[str]:
