@@ -10,6 +10,7 @@
     python run.py analyse --config ...       (the leak check; the pipeline writes its config)
     python run.py report --config ...        (the cluster browser; likewise)
     python run.py bif --config configs/bif_quickstart.yaml
+    python run.py develop --config configs/develop_quickstart.yaml   (sample every training checkpoint, compare)
     python run.py calibrate --config configs/calibrate_quickstart.yaml   (lr x nbeta x localization sweep)
     python run.py components --pretrained Qwen/Qwen2.5-0.5B   (its 409 components, from config.json alone)
 
@@ -23,6 +24,7 @@ import sys
 
 COMMANDS = {
     "pipeline": "lit_susc.pipeline",
+    "develop": "lit_susc.develop",
     "aux": "lit_susc.aux.cli",
     "cluster": "lit_susc.cluster.stage",
     "analyse": "lit_susc.analysis.stage",
@@ -36,6 +38,7 @@ SUBCOMMANDS = {
     "pipeline": "every stage from one YAML (model, sample, aux_fit, aux_predict, cluster, analyse, report)",
     "sample": "chi, its standard error and the LLC of every component (SGLD chains)",
     "bif": "Bayesian influence functions of training samples on queries",
+    "develop": "sample every training checkpoint of a model; LLC curves, chi's changes, a joint PCA",
     "calibrate": "an lr x nbeta x localization sweep and the recommended sgld: block",
     "components": "a model's components and their sizes, from its config alone (no weights)",
     "aux": "aux fit: learn chi's PCs from activations; aux predict: upsample to many tokens",
@@ -58,10 +61,10 @@ def main(argv=None) -> None:
     from callbacks import ChainDivergedError
     from lit_susc.cli import main as cli_main
     from lit_susc.console import quiet_lightning
-    from lit_susc.pipeline import StageFailedError, end_with_the_pipeline
+    from lit_susc.stage_process import StageFailedError, end_with_the_runner
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    end_with_the_pipeline()
+    end_with_the_runner()
     quiet_lightning()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

@@ -23,12 +23,7 @@ recomputes ``s`` and the stages after it. A stage interrupted part-way resumes w
 from __future__ import annotations
 
 import copy
-import ctypes
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +35,7 @@ from .analysis.leak import LEAK_JSON
 from .report.browser import INDEX
 from .result import read_metadata
 from .rundir import FINISHED_MARKER, hold, is_finished, json_digest, read_json, read_summary, write_json
+from .stage_process import StageFailedError, check_threads, run_stage_process, stage_environment
 from .tinylm import SUMMARY_FILE
 
 STAGES = ("model", "sample", "aux_fit", "aux_predict", "cluster", "analyse", "report")
@@ -50,15 +46,8 @@ RANK_INVARIANT = frozenset({"sample", "aux_predict"})
 PROCESS_KEYS = frozenset({"devices", "num_nodes", "strategy"})
 MARKERS = {**dict.fromkeys(STAGES, FINISHED_MARKER), "model": SUMMARY_FILE, "analyse": LEAK_JSON, "report": INDEX}
 """The file each stage writes last into its directory: its finished marker (lit_susc.rundir)."""
-RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
-PARENT_VARIABLE = "LIT_SUSC_PIPELINE_PID"
-"""Set in a stage's environment: the pid of the pipeline process that started it."""
 MIN_UPSAMPLING = 4
 """aux_predict must cover at least this many times the tokens of the sample stage."""
-
-
-class StageFailedError(RuntimeError):
-    """A stage's process exited with an error."""
 
 
 @dataclass
@@ -75,6 +64,29 @@ class WandbConfig:
     """Group of this pipeline's runs; None: the output directory's name."""
     mode: str | None = None
     """'online', 'offline' or 'disabled'; None: wandb's default (the WANDB_MODE variable)."""
+
+    @classmethod
+    def from_section(cls, where: str, section: dict | None) -> WandbConfig:
+        """The ``wandb:`` section of a YAML (``where`` names it in errors)."""
+        section = section or {}
+        bad = sorted(set(section) - set(cls.__dataclass_fields__))
+        if bad:
+            raise ValueError(f"{where}: unknown wandb field(s) {', '.join(bad)}")
+        return cls(**section)
+
+    def run_args(self, output_dir: Path, name: str, fingerprint: str, save_dir: Path) -> dict:
+        """WandbLogger's arguments for the run ``name`` of the runs written under ``output_dir``: in the
+        group of ``output_dir`` (unless ``group`` is set), its id fixed by ``fingerprint`` (so a resumed
+        run logs to the same wandb run, a changed one to a new run)."""
+        group = self.group or output_dir.resolve().name
+        args = {"project": self.project, "name": f"{group}/{name}", "group": group, "job_type": name,
+                "id": f"{json_digest([str(output_dir.resolve()), fingerprint])}-{name}".replace("_", "-"),
+                "save_dir": str(save_dir), "resume": "allow"}
+        if self.entity:
+            args["entity"] = self.entity
+        if self.mode:
+            args["mode"] = self.mode
+        return args
 
 
 @dataclass
@@ -103,34 +115,12 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"pipeline config {path} does not exist")
-        from .stage_cli import read_yaml
+        from .stage_cli import read_runner_yaml
 
-        raw = read_yaml(path) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
-        output_dir = raw.get("output_dir", cls.output_dir)
-        if not isinstance(output_dir, str) or not output_dir:
-            raise ValueError(f"{path}: output_dir must be a directory path, got {output_dir!r}")
-        if Path(output_dir).exists() and not Path(output_dir).is_dir():
-            raise ValueError(f"{path}: output_dir {output_dir} is a file, not a directory; choose another output_dir")
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; a pipeline config has "
-                             f"{', '.join(cls.__dataclass_fields__)}")
-        for name in STAGES[1:]:
-            if not isinstance(raw.get(name, {}) or {}, dict):
-                raise ValueError(f"{path}: section {name!r} must be a mapping")
-        wandb = raw.pop("wandb", None) or {}
-        bad = sorted(set(wandb) - set(WandbConfig.__dataclass_fields__))
-        if bad:
-            raise ValueError(f"{path}: unknown wandb field(s) {', '.join(bad)}")
-        threads = raw.pop("threads", None)
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"{path}: threads must be a whole number >= 1 or null, got {threads!r}")
-        return cls(threads=threads, wandb=WandbConfig(**wandb), **{k: v or {} for k, v in raw.items()})
+        raw = read_runner_yaml(path, "pipeline", list(cls.__dataclass_fields__), STAGES[1:], cls.output_dir)
+        wandb = WandbConfig.from_section(str(path), raw.pop("wandb", None))
+        threads = check_threads(str(path), raw.pop("threads", None))
+        return cls(threads=threads, wandb=wandb, **{k: v or {} for k, v in raw.items()})
 
 
 class Pipeline:
@@ -191,16 +181,7 @@ class Pipeline:
                 "class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": self.wandb_args(stage)}
 
     def wandb_args(self, stage: str) -> dict:
-        w = self.config.wandb
-        group = w.group or self.out.resolve().name
-        args = {"project": w.project, "name": f"{group}/{stage}", "group": group, "job_type": stage,
-                "id": f"{json_digest([str(self.out.resolve()), self.fingerprint(stage)])}-{stage}".replace("_", "-"),
-                "save_dir": str(self.state_dir), "resume": "allow"}
-        if w.entity:
-            args["entity"] = w.entity
-        if w.mode:
-            args["mode"] = w.mode
-        return args
+        return self.config.wandb.run_args(self.out, stage, self.fingerprint(stage), self.state_dir)
 
     def fingerprint(self, stage: str) -> str:
         """What makes a stage's result what it is: its config and the fingerprints of the stages before it."""
@@ -358,39 +339,12 @@ class Pipeline:
 
     def stage_env(self) -> dict[str, str]:
         """The environment of a stage's process."""
-        # A stage's process runs its own wandb service: a shared one would still hold the stage's run
-        # (same id) when the pipeline adds the stage's summary to it.
-        env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"PYTHONUNBUFFERED": "1"}
-        if self.config.threads is not None:
-            env |= {"OMP_NUM_THREADS": str(self.config.threads), "MKL_NUM_THREADS": str(self.config.threads)}
-        return env
+        return stage_environment(self.config.threads)
 
     def _subprocess(self, args: list[str], stage: str) -> None:
-        """Run a stage's command as a process of its own, ended with the pipeline: the signals that
-        stop the pipeline (SIGTERM, SIGINT, SIGHUP) are passed on to the stage's process group (its
-        DDP ranks too), and the stage gets SIGTERM if the pipeline dies without one (SIGKILL)."""
-        env = {**self.stage_env(), PARENT_VARIABLE: str(os.getpid())}
-        proc = subprocess.Popen([sys.executable, str(RUN_PY), *args], env=env, start_new_session=True)
-        write_json(self._state_file(stage), {**self._state(stage), "pid": proc.pid})
-        stopped: list[int] = []
-
-        def forward(signum, _frame) -> None:
-            stopped.append(signum)
-            os.killpg(proc.pid, signum)
-
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        try:
-            code = proc.wait()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        if stopped:
-            raise StageFailedError(f"stopped by {signal.Signals(stopped[0]).name} during stage {stage}; run the same "
-                                   "command again to resume it")
-        if code != 0:
-            raise StageFailedError(f"stage {stage} failed (exit status {code}; its messages are above). Fix the cause "
-                                   "and run the same command again: finished stages are skipped and this one "
-                                   "resumes")
+        """Run a stage's command as a process of its own, ended with the pipeline (lit_susc.stage_process)."""
+        run_stage_process(args, f"stage {stage}", self.stage_env(),
+                          started=lambda pid: write_json(self._state_file(stage), {**self._state(stage), "pid": pid}))
 
     def _after(self, stage: str) -> None:
         """Checks that the stage left a finished result, then its wandb record."""
@@ -410,18 +364,6 @@ class Pipeline:
         if predicted < MIN_UPSAMPLING * sampled:
             raise ValueError(f"aux_predict produced {predicted} tokens, fewer than {MIN_UPSAMPLING}x the {sampled} "
                              "sampled ones: the data source ran out; give aux_predict.data a larger source")
-
-
-def end_with_the_pipeline() -> None:
-    """Called first in a stage's process that the pipeline started (``PARENT_VARIABLE`` is set):
-    receive SIGTERM when the pipeline's process dies, and stop at once if it is gone already
-    (Linux's PR_SET_PDEATHSIG; elsewhere a killed pipeline leaves its stage running)."""
-    parent = os.environ.pop(PARENT_VARIABLE, None)
-    if parent is None or not sys.platform.startswith("linux"):
-        return
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != int(parent):  # it died before the line above
-        sys.exit(f"lit-susc: the pipeline (pid {parent}) that started this stage is gone; run the pipeline again")
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -55,6 +55,32 @@ def read_yaml(path: str | Path) -> Any:
         raise ValueError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
 
 
+def read_runner_yaml(path: str | Path, what: str, sections: Sequence[str], mappings: Sequence[str],
+                     default_output_dir: str) -> dict[str, Any]:
+    """The YAML of a command that runs several stages (``what``: 'pipeline', 'develop'), checked: the
+    file exists and holds a mapping of the known ``sections``, ``mappings`` among them are mappings
+    (or empty), and ``output_dir`` is a directory path that is not a file. ValueError (or
+    FileNotFoundError) naming the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} config {path} does not exist")
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    output_dir = raw.setdefault("output_dir", default_output_dir)
+    if not isinstance(output_dir, str) or not output_dir:
+        raise ValueError(f"{path}: output_dir must be a directory path, got {output_dir!r}")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"{path}: output_dir {output_dir} is a file, not a directory; choose another output_dir")
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; a {what} config has {', '.join(sections)}")
+    for name in mappings:
+        if not isinstance(raw.get(name) or {}, dict):
+            raise ValueError(f"{path}: section {name!r} must be a mapping")
+    return raw
+
+
 def check_config_files(argv: Sequence[str]) -> None:
     """``read_yaml`` every ``--config`` (LightningCLI: ``-c``) file of ``argv``: jsonargparse reports a YAML error
     with neither the file's name nor a line of it (a value that is no file is left to jsonargparse, which
