@@ -16,7 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -94,6 +94,10 @@ class TinyLMConfig:
     """Cap on training contexts drawn (at random) from the corpus; None uses all of them."""
     eval_contexts: int = 64
     """Held-out contexts (drawn at random, never trained on) for the before/after loss."""
+    checkpoints: list[int] = field(default_factory=list)
+    """Optimizer steps after which the model is also saved, to ``checkpoints/step<N>/`` beside the
+    final one (``checkpoint_dir``; 0: at initialisation, before the first step), for a developmental
+    study (``run.py develop``)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "context_length",
@@ -109,6 +113,10 @@ class TinyLMConfig:
             raise ValueError(f"TinyLMConfig.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
         if self.architecture not in ("gpt_neox", "llama"):
             raise ValueError(f"TinyLMConfig.architecture must be 'gpt_neox' or 'llama', got {self.architecture!r}")
+        bad = [s for s in self.checkpoints if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= self.train_steps]
+        if bad or len(set(self.checkpoints)) != len(self.checkpoints):
+            raise ValueError(f"TinyLMConfig.checkpoints must be distinct whole steps from 0 to train_steps="
+                             f"{self.train_steps}, got {self.checkpoints}")
         if self.num_key_value_heads is not None:
             if self.architecture != "llama":
                 raise ValueError("TinyLMConfig.num_key_value_heads is for architecture 'llama' (GPT-NeoX has no "
@@ -120,7 +128,7 @@ class TinyLMConfig:
     def recipe(self) -> dict:
         """The fields that define the model, for comparing with a trained one. Fields added later are
         left out at their defaults, so models trained before they existed are still recognised."""
-        later = {"architecture": "gpt_neox", "num_key_value_heads": None}
+        later = {"architecture": "gpt_neox", "num_key_value_heads": None, "checkpoints": []}
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if not (f.name in later and getattr(self, f.name) == later[f.name])}
 
@@ -184,6 +192,35 @@ class TinyLMModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def checkpoint_dir(out_dir: str | os.PathLike, step: int) -> Path:
+    """Where ``train_tiny_lm(out_dir, ...)`` saves the model after ``step`` optimizer steps (a model
+    directory like the final one, tokenizer included)."""
+    return Path(out_dir) / CHECKPOINTS_DIR / f"step{step:08d}"
+
+
+class _SaveCheckpoints(L.Callback):
+    """Saves the model and tokenizer into ``checkpoint_dir(root, step)`` after each of ``steps``."""
+
+    def __init__(self, root: Path, steps: list[int], tokenizer: PreTrainedTokenizerBase) -> None:
+        self.root, self.steps, self.tokenizer = root, set(steps), tokenizer
+
+    def save(self, model: PreTrainedModel, step: int) -> None:
+        model.save_pretrained(checkpoint_dir(self.root, step))
+        self.tokenizer.save_pretrained(checkpoint_dir(self.root, step))
+
+    def on_train_batch_end(self, trainer, pl_module, *_) -> None:
+        if trainer.global_step in self.steps:
+            self.save(pl_module.model, trainer.global_step)
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory``, by its path relative to it."""
+    return {str(f.relative_to(directory)): sha256_of(f) for f in sorted(directory.rglob("*")) if f.is_file()}
+
+
 @torch.no_grad()
 def _mean_loss(model: PreTrainedModel, input_ids: torch.Tensor) -> float:
     model.eval()
@@ -229,7 +266,8 @@ def train_tiny_lm(
     are held out to report the loss before and after training in ``out_dir/train_summary.json``.
     The run happens in a temporary directory that is moved into place, with the summary written
     last; if the summary exists the finished model is returned without retraining, once every file
-    of the model directory matches the sha256 the summary records for it.
+    of the model directory matches the sha256 the summary records for it. The steps of
+    ``config.checkpoints`` are saved as model directories too (``checkpoint_dir``), checked alike.
 
     Raises:
         ValueError: if ``out_dir`` holds a model trained with a different config or source.
@@ -249,10 +287,12 @@ def train_tiny_lm(
                 "use another out_dir or delete it to retrain"
             )
         # a summary written before checksums existed records none: its model is reused unchecked
-        for name, digest in summary.get("sha256", {}).items():
-            if not (model_dir / name).is_file() or sha256_of(model_dir / name) != digest:
-                raise CorruptFileError(f"{model_dir / name} is missing or corrupt (it differs from the sha256 "
-                                       f"{SUMMARY_FILE} records for it); {remedy}")
+        recorded = [(model_dir, summary.get("sha256", {})), (out_dir / CHECKPOINTS_DIR, summary.get("checkpoints_sha256", {}))]
+        for directory, digests in recorded:
+            for name, digest in digests.items():
+                if not (directory / name).is_file() or sha256_of(directory / name) != digest:
+                    raise CorruptFileError(f"{directory / name} is missing or corrupt (it differs from the sha256 "
+                                           f"{SUMMARY_FILE} records for it); {remedy}")
         return model_dir
 
     began = time.perf_counter()
@@ -275,6 +315,9 @@ def train_tiny_lm(
 
         model = build_tiny_lm(config, len(tokenizer), tokenizer.eos_token_id)
         initial_loss = _mean_loss(model, eval_ids)
+        saver = _SaveCheckpoints(tmp, config.checkpoints, tokenizer)
+        if 0 in config.checkpoints:
+            saver.save(model, 0)
         loader = DataLoader(
             TensorDataset(train_ids),
             batch_size=config.batch_size,
@@ -290,7 +333,7 @@ def train_tiny_lm(
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=progress,
-            callbacks=[StepProgressBar("training tiny LM")] if progress else None,
+            callbacks=[saver, *([StepProgressBar("training tiny LM")] if progress else [])],
             enable_model_summary=False,
             default_root_dir=tmp,
         )
@@ -309,11 +352,14 @@ def train_tiny_lm(
             "steps": trainer.global_step,
             "seconds": time.perf_counter() - began,
             "sha256": {f.name: sha256_of(f) for f in sorted((tmp / "model").iterdir()) if f.is_file()},
+            **({"checkpoints_sha256": _digests(tmp / CHECKPOINTS_DIR)} if config.checkpoints else {}),
         }
         # A model directory without a summary is a leftover of an interrupted move.
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        os.replace(tmp / "model", model_dir)
+        for name in ("model", CHECKPOINTS_DIR):
+            if (out_dir / name).exists():
+                shutil.rmtree(out_dir / name)
+            if (tmp / name).exists():
+                os.replace(tmp / name, out_dir / name)
         write_json(summary_path, summary)  # last: the finished marker
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -111,3 +111,39 @@ def test_the_command_line_loads_a_model_without_transformers_progress_bar(traine
 def test_bad_architectures_are_value_errors(changes, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(TINY, **changes)
+
+
+def test_checkpoints_are_saved_at_their_steps_and_checked_when_reused(tmp_path):
+    """Oracle: the checkpoint at the last step is the final model, an earlier one differs from it, each
+    loads with its tokenizer; a corrupt checkpoint file is refused on reuse."""
+    from safetensors.torch import load_file
+
+    from lit_susc.rundir import CorruptFileError
+    from lit_susc.tinylm import TinyLMConfig, checkpoint_dir, load_causal_lm, train_tiny_lm
+
+    config = TinyLMConfig(vocab_size=300, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                          context_length=16, train_steps=6, batch_size=4, warmup_steps=1, eval_contexts=4,
+                          checkpoints=[0, 3, 6])
+    model_dir = train_tiny_lm(tmp_path, config, progress=False, max_documents=10)
+    final = load_file(str(model_dir / "model.safetensors"))
+    weights = {s: load_file(str(checkpoint_dir(tmp_path, s) / "model.safetensors")) for s in (0, 3, 6)}
+    assert all(torch.equal(final[k], weights[6][k]) for k in final)
+    assert not all(torch.equal(weights[0][k], weights[3][k]) for k in final)
+    _, tokenizer = load_causal_lm(checkpoint_dir(tmp_path, 0))
+    assert len(tokenizer) == len(load_causal_lm(model_dir)[1])
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["config"]["checkpoints"] == [0, 3, 6]
+    assert sorted(summary["checkpoints_sha256"]) == sorted(
+        str(p.relative_to(tmp_path / "checkpoints")) for p in (tmp_path / "checkpoints").rglob("*") if p.is_file())
+    path = checkpoint_dir(tmp_path, 3) / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(CorruptFileError, match="step00000003"):
+        train_tiny_lm(tmp_path, config, progress=False, max_documents=10)
+
+
+@pytest.mark.parametrize("steps", [[-1], [7], [2, 2], [1.5]])
+def test_checkpoint_steps_outside_the_training_are_refused(steps):
+    from lit_susc.tinylm import TinyLMConfig
+
+    with pytest.raises(ValueError, match="TinyLMConfig.checkpoints"):
+        TinyLMConfig(train_steps=6, checkpoints=steps)
