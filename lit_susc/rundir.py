@@ -353,6 +353,14 @@ def release(directory: str | Path) -> None:
         os.close(fd)  # closing the descriptor ends its flock
 
 
+def mark_unfinished(directory: str | Path, marker: str = FINISHED_MARKER) -> None:
+    """Remove the marker (and its checksum) before a finished directory's outputs are rewritten,
+    so that a crash part-way leaves a directory that does not look finished."""
+    path = Path(directory) / marker
+    path.unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
+
+
 def read_summary(directory: str | Path) -> dict:
     """The summary a finished directory's marker holds."""
     return read_json(Path(directory) / FINISHED_MARKER, stage_remedy(directory))

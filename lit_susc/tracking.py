@@ -13,6 +13,9 @@ pipeline adds the stage's summary numbers, its plots and its tables to the same 
     analyse      the leak table, CKA and Jaccard-kNN by layer
     report       summary and the path of the cluster browser
 
+A develop run (lit_susc.develop) logs each checkpoint's sample run as ``<group>/step<N>`` and
+its comparison as ``<group>/development`` (``log_development``: the LLC curves against step).
+
 ``WANDB_MODE=offline`` (or ``wandb.mode: offline``) needs no login; sync later with ``wandb sync``.
 """
 
@@ -125,4 +128,30 @@ def log_stage(pipeline, stage: str) -> None:
     for key, table in tables.items():
         logger.log_table(key=key, columns=table.column_names, data=[list(r.values()) for r in table.to_pylist()])
     logger.experiment.summary.update(metrics)
+    logger.experiment.finish()
+
+
+def log_development(wandb, output_dir: Path, dev, directory: Path) -> None:
+    """A develop run's comparison as one wandb run ``<group>/development`` (lit_susc.develop): per
+    component, the LLC, its standard error and chi's reliability against training step (the wandb
+    step is the training step, so the curves plot against it), the change of chi between
+    checkpoints, the development page's figures and the per-component table."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(**wandb.run_args(output_dir, "development", read_summary(directory)["fingerprint"],
+                                          output_dir / "develop"))
+    rows = dev.per_component.to_pylist()
+    changes = {(r["step"], r["component"]): r["change"] for r in dev.changes.to_pylist()}
+    for step in dev.steps:
+        metrics = {}
+        for r in (r for r in rows if r["step"] == step):
+            metrics |= {f"llc/{r['component']}": r["llc"], f"llc_se/{r['component']}": r["llc_se"],
+                        f"reliability/{r['component']}": r["reliability"]}
+            if (step, r["component"]) in changes:
+                metrics[f"chi_change/{r['component']}"] = changes[step, r["component"]]
+        logger.log_metrics(metrics, step=step)
+    for png in sorted(directory.glob("*.png")):
+        logger.log_image(key=f"development/{png.stem}", images=[str(png)])
+    logger.log_table(key="development/components", columns=dev.per_component.column_names,
+                     data=[list(r.values()) for r in rows])
     logger.experiment.finish()

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 import run
+from lit_susc.develop import Develop, DevelopConfig
 from lit_susc.pipeline import Pipeline, PipelineConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -24,17 +25,21 @@ def printed_config(command: list[str], path: Path, capsys) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
+def is_develop(path: Path) -> bool:
+    return path.name.startswith("develop_")
+
+
 def is_pipeline(path: Path) -> bool:
-    return "sample" in (yaml.safe_load(path.read_text()) or {})
+    return "sample" in (yaml.safe_load(path.read_text()) or {}) and not is_develop(path)
 
 
 def test_the_configs_named_in_the_readme_and_issues_exist():
     names = {p.name for p in CONFIGS}
     assert {"quickstart.yaml", "qwen2.5-0.5b.yaml", "pipeline_qwen2.5-0.5b.yaml", "olmo2-1b.yaml", "pythia-14m.yaml",
-            "pythia-70m.yaml", "gpt2.yaml"} <= names
+            "pythia-70m.yaml", "gpt2.yaml", "develop_quickstart.yaml", "develop_pythia-160m.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if not is_pipeline(p)], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if not is_pipeline(p) and not is_develop(p)], ids=lambda p: p.name)
 def test_a_stage_config_parses_with_its_command(path, capsys):
     """Oracle: the stage's parser echoes the file's own values."""
     printed = printed_config(command_of(path), path, capsys)
@@ -56,3 +61,15 @@ def test_every_section_of_a_pipeline_config_parses_with_its_stage_command(path, 
         stage_file.write_text(yaml.safe_dump(pipeline.stage_config(stage)))
         printed_config(pipeline.command(stage), stage_file, capsys)
 
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if is_develop(p)], ids=lambda p: p.name)
+def test_every_checkpoint_of_a_develop_config_parses_with_the_sample_command(path, tmp_path, capsys):
+    develop = Develop(DevelopConfig.from_yaml(path))
+    run.main(["develop", "--config", str(path), "--print_config"])
+    assert capsys.readouterr().out.count("run.py sample --config") == len(develop.checkpoints)
+    for checkpoint in develop.checkpoints:
+        stage_file = tmp_path / f"{checkpoint.name}.yaml"
+        stage_file.write_text(yaml.safe_dump(develop.sample_config(checkpoint)))
+        printed = printed_config(["sample"], stage_file, capsys)
+        assert printed["model"]["revision"] == checkpoint.revision
