@@ -18,17 +18,17 @@ def _is_number(value) -> bool:
 
 
 def check_number(name: str, value, *, low: float, strict: bool = False, integer: bool = False,
-                 optional: bool = False, auto: bool = False, why: str = "") -> None:
+                 optional: bool = False, auto: bool = False, high: float | None = None, why: str = "") -> None:
     """Raise ValueError unless ``value`` is a finite number (a whole one with ``integer``) at or above
-    ``low`` (above it with ``strict``), or None with ``optional``; the message names the setting
-    ``name`` (as the YAML spells it) and the range it accepts."""
+    ``low`` (above it with ``strict``) and at most ``high`` (when given), or None with ``optional``;
+    the message names the setting ``name`` (as the YAML spells it) and the range it accepts."""
     if optional and value is None:
         return
     kind = "a whole number" if integer else "a finite number"
     ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) if integer else _is_number(value)
-    if not (ok and (value > low if strict else value >= low)):
-        accepted = f"{kind} {'>' if strict else '>='} {low:g}" + (" or null" if optional else "") + \
-                   (" or 'auto'" if auto else "")
+    if not (ok and (value > low if strict else value >= low) and (high is None or value <= high)):
+        accepted = f"{kind} {'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "") + \
+                   (" or null" if optional else "") + (" or 'auto'" if auto else "")
         raise ValueError(f"{name} must be {accepted}, got {value!r}" + (f": {why}" if why else ""))
 
 @dataclass

@@ -267,6 +267,29 @@ def test_a_bad_analyse_value_fails_naming_it_and_writes_nothing(tmp_path, capsys
     assert _nothing_written(out)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("min_reliability", float("nan"), "report.min_reliability must be a finite number >= 0 and <= 1, got nan"),
+    ("warn_median_reliability", 1.5, "report.warn_median_reliability must be a finite number >= 0 and <= 1"),
+    ("top_tokens", -1, "report.top_tokens must be a whole number >= 0, got -1"),
+    ("chi_block_tokens", 0, "report.chi_block_tokens must be a whole number >= 1, got 0"),
+])
+def test_a_bad_report_value_fails_naming_it_and_writes_nothing(tmp_path, capsys, field, value, message):
+    """NaN included: a comparison with NaN is False, so a plain range check would let it through."""
+    out = tmp_path / "report"
+    config = write(tmp_path / "report.yaml", {"report_dir": str(out), "cluster_dir": str(tmp_path / "c"),
+                                              "sample_dir": str(tmp_path / "s"), field: value})
+    _exits_with_one_error(capsys, ["report", "--config", str(config)], f"lit-susc: error: {message}")
+    assert _nothing_written(out)
+
+
+@pytest.mark.parametrize("field, value", [("k", 0), ("max_tokens", 1), ("batch_size", 0), ("seed", -1)])
+def test_the_leak_checks_own_settings_name_the_field(field, value):
+    from lit_susc.analysis.leak import LeakConfig
+
+    with pytest.raises(ValueError, match=rf"^leak\.{field} must be a whole number"):
+        LeakConfig(**{field: value})
+
+
 @pytest.fixture(scope="module")
 def aux_fit(tiny_lm_dir, tmp_path_factory):
     """A sample run over 40 one-context documents and an aux fit of 2 epochs on it (as test_aux_cli)."""

@@ -46,6 +46,7 @@ from ..aux.fit import observation_contexts, read_sample_run
 from ..aux.predict import AuxPredictor
 from ..aux.split import SplitConfig, document_split
 from ..cluster.knn import knn
+from ..config import check_number
 from ..corpus import token_table
 from ..figures import Figure, save_png
 from ..result import read_chi
@@ -82,15 +83,13 @@ class LeakConfig:
     (batch_size x context_length x (L + 1) x hidden_size floats on the device)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"leak check k must be a positive integer, got {self.k!r}")
-        if self.max_tokens is not None and self.max_tokens < 2:
-            raise ValueError(f"leak check max_tokens must be >= 2 or None (all validation tokens), got "
-                             f"{self.max_tokens}")
+        check_number("leak.k", self.k, low=1, integer=True, why="neighbours per token for Jaccard-kNN")
+        check_number("leak.max_tokens", self.max_tokens, low=2, integer=True, optional=True,
+                     why="null: all validation tokens")
+        check_number("leak.seed", self.seed, low=0, integer=True)
+        check_number("leak.batch_size", self.batch_size, low=1, integer=True, why="contexts per forward pass")
         if self.backend not in _BACKENDS:
             raise ValueError(f"unknown k-NN backend {self.backend!r}; use one of {', '.join(_BACKENDS)}")
-        if self.batch_size < 1:
-            raise ValueError(f"leak check batch_size must be >= 1 context, got {self.batch_size}")
 
 
 class _EveryLayer(nn.Module):

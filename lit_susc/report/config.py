@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..config import check_number
+
 
 @dataclass
 class ReportConfig:
@@ -43,20 +45,17 @@ class ReportConfig:
     shows its pattern best but makes a weak cluster look as strong as a strong one."""
 
     def __post_init__(self) -> None:
-        for name in ("examples_per_cluster", "context_left", "context_right", "top_tokens"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ReportConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("examples_per_cluster", "context_left", "context_right", "top_tokens", "example_seed"):
+            check_number(f"report.{name}", getattr(self, name), low=0, integer=True)
         for name in ("min_reliability", "warn_median_reliability"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"ReportConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.chi_block_tokens < 1:
-            raise ValueError(f"ReportConfig.chi_block_tokens must be >= 1, got {self.chi_block_tokens}")
+            check_number(f"report.{name}", getattr(self, name), low=0, high=1, why="a reliability lies in [0, 1]")
+        check_number("report.chi_block_tokens", self.chi_block_tokens, low=1, integer=True)
         if not isinstance(self.shared_profile_scale, bool):
-            raise ValueError("ReportConfig.shared_profile_scale must be true or false, got "
+            raise ValueError("report.shared_profile_scale must be true or false, got "
                              f"{self.shared_profile_scale!r}")
         if self.profile not in ("zscore", "raw"):
-            raise ValueError(f"ReportConfig.profile must be 'zscore' or 'raw', got {self.profile!r}")
+            raise ValueError(f"report.profile must be 'zscore' or 'raw', got {self.profile!r}")
         if isinstance(self.trace_components, str):
             self.trace_components = [self.trace_components]
         if self.trace_components is not None and not self.trace_components:
-            raise ValueError("ReportConfig.trace_components is empty; give glob patterns, or None for the default")
+            raise ValueError("report.trace_components is empty; give glob patterns, or None for the default")
