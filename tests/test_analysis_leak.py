@@ -163,10 +163,11 @@ def test_plot_leak_redraws_the_figure_from_the_table(work, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("k", 0, "k must be a positive integer"),
-    ("max_tokens", 1, "max_tokens must be >= 2 or None"),
-    ("backend", "faiss", "unknown k-NN backend 'faiss'"),
-    ("batch_size", 0, "batch_size must be >= 1"),
+    ("k", 0, r"^leak\.k must be a whole number >= 1, got 0"),
+    ("max_tokens", 1, r"^leak\.max_tokens must be a whole number >= 2 or null, got 1"),
+    ("seed", -1, r"^leak\.seed must be a whole number >= 0"),
+    ("backend", "annoy", "unknown k-NN backend 'annoy'"),
+    ("batch_size", 0, r"^leak\.batch_size must be a whole number >= 1"),
 ])
 def test_bad_settings_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -282,14 +282,6 @@ def test_a_bad_report_value_fails_naming_it_and_writes_nothing(tmp_path, capsys,
     assert _nothing_written(out)
 
 
-@pytest.mark.parametrize("field, value", [("k", 0), ("max_tokens", 1), ("batch_size", 0), ("seed", -1)])
-def test_the_leak_checks_own_settings_name_the_field(field, value):
-    from lit_susc.analysis.leak import LeakConfig
-
-    with pytest.raises(ValueError, match=rf"^leak\.{field} must be a whole number"):
-        LeakConfig(**{field: value})
-
-
 @pytest.fixture(scope="module")
 def aux_fit(tiny_lm_dir, tmp_path_factory):
     """A sample run over 40 one-context documents and an aux fit of 2 epochs on it (as test_aux_cli)."""
