@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -77,8 +78,8 @@ class DevelopConfig:
 
     output_dir: str = "runs/develop"
     """Where everything goes."""
-    threads: int | None = None
-    """CPU threads of each checkpoint's process (as the pipeline's ``threads``); None: the environment's."""
+    threads: int | Literal["auto"] | None = "auto"
+    """CPU threads of each checkpoint's process, as the pipeline's ``threads`` ('auto': 1 on a small machine)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     checkpoints: list[Checkpoint] | None = None
     """The training history, in any order (sorted by step); None: the tiny LM's ``tiny_lm.checkpoints``."""
@@ -112,7 +113,7 @@ class DevelopConfig:
             value = raw.get(name, getattr(cls, name))
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{path}: {name} must be a whole number >= 1, got {value!r}")
-        return cls(output_dir=raw["output_dir"], threads=check_threads(str(path), raw.get("threads")),
+        return cls(output_dir=raw["output_dir"], threads=check_threads(str(path), raw.get("threads", "auto")),
                    wandb=WandbConfig.from_section(str(path), raw.get("wandb")), checkpoints=checkpoints,
                    sample=raw.get("sample") or {}, calibrate=raw.get("calibrate"),
                    n_pcs=raw.get("n_pcs", cls.n_pcs), trajectory_tokens=raw.get("trajectory_tokens", cls.trajectory_tokens))

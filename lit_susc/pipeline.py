@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -95,10 +96,11 @@ class PipelineConfig:
 
     output_dir: str = "runs/pipeline"
     """Where every stage writes its directory."""
-    threads: int | None = None
+    threads: int | Literal["auto"] | None = "auto"
     """CPU threads of each stage's process (OMP_NUM_THREADS and MKL_NUM_THREADS, which torch's intra-op
-    pool follows); None: as the environment sets them. On a small machine shared with other jobs, 1 is
-    often fastest: threads that outnumber free cores slow every step. Not part of any stage's identity."""
+    pool follows); None: as the environment sets them; 'auto': the environment's OMP_NUM_THREADS when
+    set, else 1 on a machine of at most 4 cores, which is usually shared (lit_susc.stage_process).
+    Not part of any stage's identity."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     sample: dict = field(default_factory=dict)
     """The ``run.py sample`` config: ``trainer`` and ``model`` (model.output_dir is filled in)."""
@@ -119,7 +121,7 @@ class PipelineConfig:
 
         raw = read_runner_yaml(path, "pipeline", list(cls.__dataclass_fields__), STAGES[1:], cls.output_dir)
         wandb = WandbConfig.from_section(str(path), raw.pop("wandb", None))
-        threads = check_threads(str(path), raw.pop("threads", None))
+        threads = check_threads(str(path), raw.pop("threads", "auto"))
         return cls(threads=threads, wandb=wandb, **{k: v or {} for k, v in raw.items()})
 
 

@@ -22,25 +22,44 @@ PARENT_VARIABLE = "LIT_SUSC_PIPELINE_PID"
 """Set in a stage's environment: the pid of the process that started it."""
 
 
+SMALL_MACHINE_CORES = 4
+"""``threads: auto`` gives each stage one thread on a machine with at most this many cores."""
+
+
 class StageFailedError(RuntimeError):
     """A stage's process exited with an error, or was stopped."""
 
 
-def check_threads(where: str, threads) -> int | None:
-    """``threads`` of a runner's YAML (a whole number >= 1, or None), else ValueError naming ``where``."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"{where}: threads must be a whole number >= 1 or null, got {threads!r}")
+def check_threads(where: str, threads) -> int | str | None:
+    """``threads`` of a runner's YAML: a whole number >= 1, 'auto' or None; else ValueError naming ``where``."""
+    if threads not in (None, "auto") and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"{where}: threads must be a whole number >= 1, 'auto' or null, got {threads!r}")
     return threads
 
 
-def stage_environment(threads: int | None) -> dict[str, str]:
-    """The environment of a stage's process: this one's, with ``threads`` CPU threads when given
-    (OMP_NUM_THREADS and MKL_NUM_THREADS, which torch's intra-op pool follows)."""
+def stage_threads(threads: int | str | None) -> int | None:
+    """The CPU threads a stage's process gets: ``threads`` when a number; None (the environment's)
+    for None; for 'auto', the environment's OMP_NUM_THREADS when it sets one, else 1 on a machine of
+    at most ``SMALL_MACHINE_CORES`` cores (and the environment's on a larger one). One thread,
+    because such a machine is usually shared: a process whose threads outnumber the free cores
+    slows every step many times over (OpenMP threads wait on each other), while one thread loses
+    at most what the second core would have given (benchmarks/bench_threads.py measures both)."""
+    if threads != "auto":
+        return threads
+    if "OMP_NUM_THREADS" in os.environ or (os.cpu_count() or 1) > SMALL_MACHINE_CORES:
+        return None
+    return 1
+
+
+def stage_environment(threads: int | str | None) -> dict[str, str]:
+    """The environment of a stage's process: this one's, with ``stage_threads(threads)`` CPU threads
+    when that is a number (OMP_NUM_THREADS and MKL_NUM_THREADS, which torch's intra-op pool follows)."""
     # A stage's process runs its own wandb service: a shared one would still hold the stage's run
     # (same id) when the runner adds the stage's summary to it.
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"PYTHONUNBUFFERED": "1"}
-    if threads is not None:
-        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    count = stage_threads(threads)
+    if count is not None:
+        env |= {"OMP_NUM_THREADS": str(count), "MKL_NUM_THREADS": str(count)}
     return env
 
 

@@ -177,9 +177,26 @@ def test_threads_set_every_stage_process_and_nothing_else(tmp_path):
     path.write_text("output_dir: x\nthreads: 1\n")
     env = Pipeline(PipelineConfig.from_yaml(path)).stage_env()
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
-    path.write_text("output_dir: x\n")
+    path.write_text("output_dir: x\nthreads: null\n")
     env = Pipeline(PipelineConfig.from_yaml(path)).stage_env()
     assert env.get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.mark.parametrize(("cores", "environment", "expected"), [(2, None, "1"), (4, None, "1"), (8, None, None),
+                                                                 (2, "3", "3")])
+def test_auto_threads_is_one_on_a_small_machine_unless_the_environment_says(tmp_path, monkeypatch, cores,
+                                                                            environment, expected):
+    """The default: a machine of at most 4 cores is usually shared, where one thread per process is fastest."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if environment is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", environment)
+    path = tmp_path / "p.yaml"
+    path.write_text("output_dir: x\n")
+    config = PipelineConfig.from_yaml(path)
+    assert config.threads == "auto"
+    assert Pipeline(config).stage_env().get("OMP_NUM_THREADS") == expected
 
 
 @pytest.mark.parametrize("threads", ["0", "two", "1.5"])
