@@ -48,7 +48,7 @@ from .development import Development, development
 from .pipeline import WandbConfig
 from .result import SusceptibilityResult
 from .rundir import hold, is_finished, json_digest, mark_unfinished, read_json, read_summary, stage_remedy, write_json
-from .stage_process import check_threads, run_stage_process, stage_environment
+from .stage_process import check_threads, in_process_threads, run_stage_process, stage_environment
 from .tinylm import TinyLMConfig, checkpoint_dir, train_tiny_lm
 
 SGLD_CALIBRATED = ("lr", "nbeta", "localization")
@@ -268,7 +268,9 @@ class Develop:
         if self.trains_model:
             print(f"lit-susc develop: the tiny LM, saved at steps {sorted(self.tiny_lm.checkpoints)} -> "
                   f"{self.out / 'model'}", flush=True)
-            train_tiny_lm(self.out / "model", self.tiny_lm, source=(self.model.get("data") or {}).get("source", "stdlib"))
+            with in_process_threads(self.config.threads):
+                train_tiny_lm(self.out / "model", self.tiny_lm,
+                              source=(self.model.get("data") or {}).get("source", "stdlib"))
         sgld = self.model.get("sgld") or {}
         print("lit-susc develop: " + (
             "each checkpoint samples with the lr, nbeta and localization its own calibration recommends "

@@ -36,7 +36,7 @@ from .analysis.leak import LEAK_JSON
 from .report.browser import INDEX
 from .result import read_metadata
 from .rundir import FINISHED_MARKER, hold, is_finished, json_digest, read_json, read_summary, write_json
-from .stage_process import StageFailedError, check_threads, run_stage_process, stage_environment
+from .stage_process import StageFailedError, check_threads, in_process_threads, run_stage_process, stage_environment
 from .tinylm import SUMMARY_FILE
 
 STAGES = ("model", "sample", "aux_fit", "aux_predict", "cluster", "analyse", "report")
@@ -329,7 +329,8 @@ class Pipeline:
         if stage == "model":
             from .tinylm import TinyLMConfig, train_tiny_lm
 
-            train_tiny_lm(self.stage_dir("model"), TinyLMConfig(**config["tiny_lm"]), source=config["source"])
+            with in_process_threads(self.config.threads):
+                train_tiny_lm(self.stage_dir("model"), TinyLMConfig(**config["tiny_lm"]), source=config["source"])
         else:
             self._subprocess([*self.command(stage), "--config", str(config_path)], stage)
         seconds = time.time() - start

@@ -14,7 +14,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
@@ -49,6 +50,21 @@ def stage_threads(threads: int | str | None) -> int | None:
     if "OMP_NUM_THREADS" in os.environ or (os.cpu_count() or 1) > SMALL_MACHINE_CORES:
         return None
     return 1
+
+
+@contextmanager
+def in_process_threads(threads: int | str | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``stage_threads(threads)`` while a stage runs in the runner's own
+    process (the tiny LM's training), as they are in a stage process's environment."""
+    import torch
+
+    count, before = stage_threads(threads), torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def stage_environment(threads: int | str | None) -> dict[str, str]:
