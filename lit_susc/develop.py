@@ -44,6 +44,7 @@ from typing import Literal
 import yaml
 
 from .corpus import looks_like_path
+from .development import VERSION as DEVELOPMENT_VERSION
 from .development import Development, development
 from .pipeline import WandbConfig
 from .result import SusceptibilityResult
@@ -341,7 +342,7 @@ class Develop:
         checkpoints = self.checkpoints
         out = self.out / "development"
         sources = {c.name: read_summary(self.run_dir(c)) for c in checkpoints}
-        fingerprint = json_digest([sources, self.config.n_pcs, self.config.trajectory_tokens])
+        fingerprint = json_digest([sources, self.config.n_pcs, self.config.trajectory_tokens, DEVELOPMENT_VERSION])
         if is_finished(out) and read_summary(out).get("fingerprint") == fingerprint:
             print(f"lit-susc develop: {out} already compares these runs; nothing to do")
             return Development.load(out)

@@ -17,10 +17,13 @@ and its absolute value has median 0.674 times that (half-normal): ``NOISE_CHANGE
 below which a change is not told from noise;
 
 and one PCA of every checkpoint's per-token susceptibility vectors together (the rows x_{k,t} =
-chi_k[:, t], components as columns): mean mu and covariance C over all K x T rows,
+chi_k[:, t], components as columns), each component standardised over all K x T rows: mean mu_j,
+standard deviation s_j, the covariance C of u = (x - mu) / s (a correlation matrix),
 C = V diag(lambda) V^T (lit_susc.statistics: its sign rule), and each token's trajectory
-z_{k,t} = V_m^T (x_{k,t} - mu) through the first m PCs. One basis for all checkpoints, so that a
-token's path through it is its development.
+z_{k,t} = V_m^T u_{k,t} through the first m PCs. One basis for all checkpoints, so that a token's
+path through it is its development. Standardised, because chi's scale differs by orders of
+magnitude between components (embed and unembed against a head): unstandardised, PC1 would be
+little more than the embedding's chi.
 
 chi is compared in each run's own convention, which must be the same for all; with different
 nbeta per checkpoint (per-checkpoint calibration) the seed convention's chi scales with nbeta, and
@@ -50,6 +53,9 @@ from .rundir import (
 )
 from .statistics import Moments, column_covariance, principal_components
 
+VERSION = 2
+"""What ``development`` computes and writes, numbered: a develop run whose comparison was made by
+another version makes it again (2: the joint PCA of standardised components)."""
 NOISE_CHANGE = 0.674
 """median |N(0, 1)|: ``change`` where chi did not change at all (module docstring)."""
 COMPONENTS_FILE, CHANGES_FILE, TRAJECTORIES_FILE, PCA_FILE = (
@@ -81,14 +87,16 @@ class JointPCA:
 
     mean: torch.Tensor
     """mu [components]."""
+    scale: torch.Tensor
+    """s [components]: each component's standard deviation over all rows (1 where it is constant)."""
     basis: torch.Tensor
     """V_m^T [m, components]: the first m PCs, in descending variance."""
     variances: torch.Tensor
     """lambda [components]: every PC's variance (all of them, for the explained share)."""
 
     def scores(self, chi: torch.Tensor) -> torch.Tensor:
-        """z = V_m^T (x - mu) for each token's vector: chi [components, tokens] -> [tokens, m]."""
-        return (chi.T.to(torch.float64) - self.mean) @ self.basis.T
+        """z = V_m^T (x - mu) / s for each token's vector: chi [components, tokens] -> [tokens, m]."""
+        return ((chi.T.to(torch.float64) - self.mean) / self.scale) @ self.basis.T
 
     @property
     def explained(self) -> torch.Tensor:
@@ -103,9 +111,10 @@ def joint_pca(chis: Sequence[torch.Tensor], n_pcs: int) -> JointPCA:
     moments = Moments()
     for r in rows:
         moments.update(r)
-    mean = moments.mean()
-    variances, vectors = principal_components(column_covariance(rows, mean))
-    return JointPCA(mean=mean, basis=vectors[:min(n_pcs, len(variances))].contiguous(), variances=variances)
+    mean, scale = moments.mean(), moments.scale()
+    variances, vectors = principal_components(column_covariance(rows, mean, scale))
+    return JointPCA(mean=mean, scale=scale, basis=vectors[:min(n_pcs, len(variances))].contiguous(),
+                    variances=variances)
 
 
 def chi_change(chi_a: torch.Tensor, se_a: torch.Tensor, chi_b: torch.Tensor, se_b: torch.Tensor) -> dict[str, np.ndarray]:
@@ -145,8 +154,8 @@ class Development:
         write_parquet(directory / COMPONENTS_FILE, self.per_component)
         write_parquet(directory / CHANGES_FILE, self.changes)
         write_parquet(directory / TRAJECTORIES_FILE, self.trajectories)
-        write_safetensors(directory / PCA_FILE, {"mean": self.pca.mean, "basis": self.pca.basis,
-                                                 "variances": self.pca.variances})
+        write_safetensors(directory / PCA_FILE, {"mean": self.pca.mean, "scale": self.pca.scale,
+                                                 "basis": self.pca.basis, "variances": self.pca.variances})
         mark_finished(directory, {"steps": self.steps, "components": self.components, "notes": self.notes,
                                   "pca_explained": self.pca.explained.tolist(), **(summary or {})})
         return directory

@@ -188,13 +188,13 @@ def test_print_config_shows_each_checkpoints_sample_config(tmp_path, capsys):
 # -- lit_susc.development on known inputs ------------------------------------------------------
 
 
-def test_joint_pca_is_the_pca_of_every_checkpoints_rows_stacked():
+def test_joint_pca_is_the_pca_of_every_checkpoints_rows_stacked_and_standardised():
     g = torch.Generator().manual_seed(0)
     chis = [torch.randn(5, 200, generator=g, dtype=torch.float64) * torch.arange(1, 6.0)[:, None] + k
             for k in range(3)]
     pca = joint_pca(chis, n_pcs=3)
     stacked = torch.cat([c.T for c in chis]).numpy()
-    centred = stacked - stacked.mean(0)
+    centred = (stacked - stacked.mean(0)) / stacked.std(0, ddof=1)  # each component standardised
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     np.testing.assert_allclose(pca.variances.numpy(), s ** 2 / (len(stacked) - 1), rtol=1e-10)
     np.testing.assert_allclose(np.abs(pca.basis.numpy()), np.abs(vt[:3]), rtol=1e-8, atol=1e-12)
@@ -267,3 +267,18 @@ def test_llc_curve_follows_reduced_rank_regressions_of_growing_rank(one_thread, 
     assert expected == [6.0, 8.5, 11.0, 13.5]
     llc, _ = development(results, list(range(h + 1))).llc("all")
     np.testing.assert_allclose(llc, expected, rtol=0.2)
+
+
+def test_the_development_is_logged_to_wandb_offline(developed, tmp_path):
+    """One wandb run ``<group>/development`` with the LLC of every component at every training step."""
+    from lit_susc.pipeline import WandbConfig
+    from lit_susc.tracking import log_development
+
+    out, _ = developed
+    dev = Development.load(out / "development")
+    (tmp_path / "develop").mkdir()
+    log_development(WandbConfig(enabled=True, mode="offline"), tmp_path, dev, out / "development")
+    runs = list((tmp_path / "develop" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    history = runs[0].read_bytes()
+    assert all(f"llc/{c}".encode() in history for c in SAMPLE_MODEL["components"])

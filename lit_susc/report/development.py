@@ -7,7 +7,7 @@ develop run's ``development/`` directory):
   MLPs and one of every other component (embed and unembed have LLCs many times a head's); the
   band is +- one standard error of the mean over chains;
 - the layer x head heatmap of the LLC at each checkpoint, small multiples on one colour scale;
-- each token's trajectory through the joint PCA's PC1 and PC2, coloured by token class;
+- tokens' trajectories through the joint PCA's PC1 and PC2, each class's mean path in bold;
 - the change of chi between consecutive checkpoints in units of its noise, per component
   (``lit_susc.development.chi_change``; about 0.67 where chi did not change).
 """
@@ -101,29 +101,37 @@ def plot_llc_heads(dev: Development, path: str | Path) -> Path | None:
 
 
 def plot_trajectories(dev: Development, path: str | Path, n_tokens: int = 300, seed: int = 0) -> Path:
-    """PC1 against PC2 of ``n_tokens`` random tokens, each a line through the checkpoints (a dot at the last)."""
+    """PC1 against PC2: ``n_tokens`` random tokens, each a faint line through the checkpoints, and in
+    bold each token class's mean path over all its tokens (its steps marked): a single token's path
+    is mostly chain noise where chi is, a class's mean much less so."""
     table = dev.trajectories
     n_all = int(max(table.column("token").to_pylist()) + 1)
-    chosen = np.sort(np.random.default_rng(seed).choice(n_all, min(n_tokens, n_all), replace=False))
     steps = len(dev.steps)
-    pc1 = table.column("pc1").to_numpy().reshape(steps, n_all)[:, chosen]
-    pc2 = (table.column("pc2").to_numpy().reshape(steps, n_all)[:, chosen] if "pc2" in table.column_names
+    pc1 = table.column("pc1").to_numpy().reshape(steps, n_all)
+    pc2 = (table.column("pc2").to_numpy().reshape(steps, n_all) if "pc2" in table.column_names
            else np.zeros_like(pc1))
-    classes = (np.array(table.column("class").to_pylist()[:n_all])[chosen] if "class" in table.column_names
-               else np.array(["token"] * len(chosen)))
+    classes = (np.array(table.column("class").to_pylist()[:n_all]) if "class" in table.column_names
+               else np.array(["token"] * n_all))
+    chosen = np.sort(np.random.default_rng(seed).choice(n_all, min(n_tokens, n_all), replace=False))
     fig = Figure(figsize=(7.5, 6), layout="constrained")
     ax = fig.subplots()
     colours = dict(zip([*TOKEN_CLASSES, "token"], [f"C{i}" for i in range(len(TOKEN_CLASSES) + 1)]))
     for cls in [c for c in colours if c in set(classes)]:
-        idx = np.flatnonzero(classes == cls)
-        for j in idx:
-            ax.plot(pc1[:, j], pc2[:, j], color=colours[cls], lw=0.6, alpha=0.35)
-        ax.scatter(pc1[-1, idx], pc2[-1, idx], s=8, color=colours[cls], label=f"{cls} ({len(idx)})")
+        mine = classes == cls
+        for j in chosen[mine[chosen]]:
+            ax.plot(pc1[:, j], pc2[:, j], color=colours[cls], lw=0.5, alpha=0.15)
+        mean1, mean2 = pc1[:, mine].mean(1), pc2[:, mine].mean(1)
+        ax.plot(mean1, mean2, color=colours[cls], lw=2.5, marker="o", ms=4,
+                label=f"{cls} ({int(mine.sum())} tokens)")
+        ax.annotate(f"{dev.steps[-1]}", (mean1[-1], mean2[-1]), fontsize=7, color=colours[cls])
+        ax.annotate(f"{dev.steps[0]}", (mean1[0], mean2[0]), fontsize=7, color=colours[cls], alpha=0.7)
     explained = dev.pca.explained.tolist()
     ax.set_xlabel(f"PC1 ({100 * explained[0]:.0f}% of the variance)")
     ax.set_ylabel(f"PC2 ({100 * explained[1]:.0f}%)" if len(explained) > 1 else "")
-    ax.legend(fontsize=8, title="token class (dot: last checkpoint)", title_fontsize=8)
-    ax.set_title(f"{len(chosen)} tokens through the joint PCA of steps {dev.steps[0]}-{dev.steps[-1]}", fontsize=11)
+    ax.legend(fontsize=8, title="class mean over checkpoints (bold; first and last step marked)",
+              title_fontsize=8)
+    ax.set_title(f"Tokens through one joint PCA of steps {dev.steps[0]}-{dev.steps[-1]} "
+                 f"(faint: {len(chosen)} single tokens)", fontsize=10)
     return save_png(fig, path)
 
 
