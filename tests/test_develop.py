@@ -282,3 +282,34 @@ def test_the_development_is_logged_to_wandb_offline(developed, tmp_path):
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     history = runs[0].read_bytes()
     assert all(f"llc/{c}".encode() in history for c in SAMPLE_MODEL["components"])
+
+
+def test_a_calibrated_checkpoint_samples_with_its_own_recommendation_and_records_it(developed, tmp_path):
+    """The calibration's own run is ``run.py calibrate`` (tests/test_calibrate.py); here its finished
+    result, made for this checkpoint's config, is what the checkpoint's sample config takes."""
+    import yaml
+
+    from lit_susc.develop import Develop, DevelopConfig
+    from lit_susc.rundir import mark_finished
+
+    out, source = developed
+    calibrate = {"grid": {"lr": [1e-4, 2e-4]}, "model": {"sgld": {"draws": 3}}}
+    config = DevelopConfig.from_yaml(write_yaml(tmp_path / "d.yaml", _develop_config(
+        tmp_path / "run", source, checkpoints=_local_checkpoints(out, [0]), calibrate=calibrate)))
+    develop = Develop(config)
+    develop.check()
+    (checkpoint,) = develop.checkpoints
+    cal = develop.calibration_config(checkpoint)
+    assert cal["model"]["pretrained"] == str(checkpoint_dir(out / "model", 0))
+    assert cal["model"]["sgld"]["draws"] == 3 and cal["model"]["sgld"]["chains"] == SAMPLE_MODEL["sgld"]["chains"]
+    assert cal["trainer"]["devices"] == 1
+    develop.state_dir.mkdir(parents=True)
+    (develop.state_dir / f"{checkpoint.name}.calibrate.yaml").write_text(yaml.safe_dump(cal, sort_keys=False))
+    best = {"lr": 2e-4, "nbeta": 50.0, "localization": 300.0, "chains": 2}
+    mark_finished(develop.calibration_dir(checkpoint), {"best": best})
+    assert develop._calibrate(checkpoint) == {"lr": 2e-4, "nbeta": 50.0, "localization": 300.0}
+    mark_finished(develop.calibration_dir(checkpoint), {"best": None})
+    with pytest.raises(ValueError, match="found no qualifying setting"):
+        develop._calibrate(checkpoint)
+    sgld = develop.sample_config(checkpoint, {"lr": 2e-4})["model"]["sgld"]
+    assert sgld["lr"] == 2e-4 and sgld["draws"] == SAMPLE_MODEL["sgld"]["draws"]
