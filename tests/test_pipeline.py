@@ -232,7 +232,8 @@ def test_the_pipeline_runs_on_a_grouped_query_llama(tiny_llama_dir, tmp_path):
     the adapter's component list, and each stage's finished record)."""
     torch.set_num_threads(1)
     docs = short_documents(tmp_path / "docs", n=48, chars=60)
-    run.main(["pipeline", "--config", str(_config(tmp_path, tiny_llama_dir, docs))])
+    # wandb off: its logging of every stage is tested on the GPT-NeoX pipeline, and costs seconds a stage
+    run.main(["pipeline", "--config", str(_config(tmp_path, tiny_llama_dir, docs, wandb={"enabled": False}))])
     out = tmp_path / "run"
     for stage in STAGES[1:]:
         assert json.loads((out / "pipeline" / f"{stage}.json").read_text())["finished"]
