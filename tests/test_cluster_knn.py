@@ -1,9 +1,16 @@
-"""k-NN backends, graph kernel and input checks."""
+"""k-NN backends (exact and approximate), the recall check, "auto", graph kernel and input checks."""
+
+import json
+import re
 
 import numpy as np
 import pytest
+from test_cluster_planted import SIZES, _check_recovery
+from test_cluster_stage import _write_run
 
-from lit_susc.cluster import knn, knn_graph
+from lit_susc.cluster import cluster_graph, graph_from_knn, knn, knn_graph, whiten
+from lit_susc.cluster.knn import RECALL_SAMPLE, resolve_backend, row_blocks
+from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
 
 
 def _distinct(n=300, d=5, seed=0):
@@ -11,9 +18,11 @@ def _distinct(n=300, d=5, seed=0):
     return np.random.default_rng(seed).standard_normal((n, d))
 
 
-def _brute(X, k):
-    D = np.linalg.norm(X[:, None] - X[None], axis=-1)
-    np.fill_diagonal(D, np.inf)
+def _brute(X, k, rows=None):
+    """Oracle: the k nearest of the points ``rows`` (default all) by the full distance matrix."""
+    rows = np.arange(len(X)) if rows is None else rows
+    D = np.linalg.norm(X[rows, None] - X[None], axis=-1)
+    D[np.arange(len(rows)), rows] = np.inf
     idx = np.argsort(D, axis=1)[:, :k]
     return idx, np.take_along_axis(D, idx, 1)
 
@@ -21,7 +30,7 @@ def _brute(X, k):
 def test_backends_agree_exactly_with_brute_force():
     X = _distinct()
     idx0, d0 = _brute(X, 10)
-    for backend in ["sklearn", "torch", "keops"]:  # keops compiles once (~10 s, cached)
+    for backend in ["sklearn", "torch", "faiss", "keops"]:  # keops compiles once (~10 s, cached)
         idx, dist = knn(X, 10, backend)
         assert idx.dtype == np.int64 and idx.shape == (300, 10)
         np.testing.assert_array_equal(idx, idx0, err_msg=backend)
@@ -73,3 +82,88 @@ def test_unweighted_and_global_gaussian_kernels():
 def test_bad_input_raises_value_error_naming_the_problem(X, k, match):
     with pytest.raises(ValueError, match=match):
         knn_graph(X, k, backend="sklearn")
+
+
+@pytest.mark.parametrize("backend", ["faiss", "faiss_ivf"])
+def test_faiss_row_blocks_equal_the_full_search(backend):
+    X = _distinct(1500, 8, seed=2)
+    # nprobe 4 of 38 cells: a real approximation, whose index every block must rebuild alike
+    idx, dist = knn(X, 10, backend, chunk_size=256, nprobe=4, min_recall=0.5)
+    parts = [knn(X, 10, backend, rows=slice(a, b), nprobe=4, min_recall=0.5) for a, b in row_blocks(len(X), 3)]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), idx)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), dist)
+
+
+@pytest.mark.parametrize("rows", [None, slice(1200, 2000)])
+def test_reported_recall_is_the_share_of_true_neighbours_found(rows, capsys):
+    # Gaussian d = 16, 8 of 51 cells scanned: recall well below 1 (~0.7), so the count is tested
+    X, k = _distinct(2000, 16, seed=3), 20
+    idx, _, report = knn(X, k, "faiss_ivf", nprobe=8, min_recall=0.0, rows=rows, return_report=True)
+    start = 0 if rows is None else rows.start
+    s = report.sampled
+    assert report.backend == "faiss_ivf" and len(s) == min(len(idx), RECALL_SAMPLE)
+    assert (np.diff(s) > 0).all() and s[0] >= start and s[-1] < start + len(idx)
+    truth = _brute(X, k, s)[0]
+    found = np.mean([len(set(idx[i - start]) & set(t)) for i, t in zip(s, truth, strict=True)]) / k
+    assert 0.5 < report.recall < 0.99 and report.recall == pytest.approx(found, abs=1e-12)
+    assert f"lit-susc: k-NN: faiss_ivf, recall@20 = {report.recall:.3f} on {len(s)} sampled queries" in \
+        capsys.readouterr().out
+
+
+def test_a_recall_below_the_floor_raises_saying_what_to_change():
+    X = _distinct(2000, 16, seed=3)
+    with pytest.raises(ValueError, match=r"k-NN faiss_ivf found recall@20 = 0\.\d+ on 1000 sampled queries, below "
+                                         r"min_recall=0.99: raise nprobe \(now 3;.*use an exact backend"):
+        knn(X, 20, "faiss_ivf", nprobe=3, min_recall=0.99)
+
+
+def test_planted_groups_recovered_with_the_approximate_backend():
+    # the data of test_cluster_planted's fixture (which also builds an exact graph)
+    rng = np.random.default_rng(0)
+    d = 20
+    parts, truth = [rng.standard_normal((3000, d))], [np.full(3000, -1)]
+    for g, s in enumerate(SIZES):
+        c = rng.standard_normal(d)
+        parts.append(10.0 * c / np.linalg.norm(c) + 0.3 * rng.standard_normal((s, d)))
+        truth.append(np.full(s, g))
+    X, truth = np.vstack(parts), np.concatenate(truth)
+    # 16 of 90 cells scanned: recall ~0.81, the misses mostly in the structureless cloud
+    idx, dist, report = knn(whiten(X)[0], 45, "faiss_ivf", nprobe=16, min_recall=0.5, return_report=True)
+    assert 0.5 < report.recall < 0.9
+    labels, _ = cluster_graph(graph_from_knn(idx, dist), alpha=1e-2, eps=1e-4, progress=False)
+    _check_recovery(labels, truth)
+
+
+@pytest.mark.parametrize("budget, chosen", [(600.0, "faiss"), (1e-6, "faiss_ivf")])
+def test_auto_searches_exactly_within_the_budget_and_approximately_beyond(budget, chosen, capsys):
+    X = _distinct(400, 6, seed=4)
+    idx, _, report = knn(X, 10, "auto", device="cpu", exact_budget_s=budget, return_report=True)
+    assert report.backend == chosen
+    out = capsys.readouterr().out
+    assert re.search(rf"lit-susc: k-NN: auto -> {chosen}: exact search of N=400, d=6 estimated at \S+ s "
+                     rf"\(3 N\^2 d flops at \S+ flop/s, \d+ CPU cores\) {'<=' if chosen == 'faiss' else '>'} "
+                     rf"exact_budget_s={budget:g}", out), out
+    np.testing.assert_array_equal(idx, _brute(X, 10)[0])  # recall 1 here, so both are exact
+
+
+def test_auto_on_cuda_is_keops_until_the_budget():
+    # torch.device("cuda") needs no GPU to be named: the rule only looks at the device's type
+    assert resolve_backend("auto", "cuda", (10**5, 64)) == "keops"
+    assert resolve_backend("auto", "cuda", (10**7, 64)) == "faiss_ivf"
+    assert resolve_backend("auto", "cuda") == "keops" and resolve_backend("auto", "cpu") == "faiss"
+    with pytest.raises(ValueError, match="unknown k-NN backend 'annoy'; use one of 'auto', 'keops'"):
+        resolve_backend("annoy")
+
+
+def test_the_cluster_stage_records_the_backend_and_recall_and_stops_below_the_floor(tmp_path, capsys):
+    run_dir = _write_run(tmp_path / "run", _distinct(1500, 8, seed=5))
+    out = run_cluster_stage(ClusterConfig(input_dir=str(run_dir), k=10, backend="faiss_ivf", nprobe=8, min_recall=0.5,
+                                          alpha=1e-2, eps=1e-4, min_size=5), progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    line = re.search(r"lit-susc: k-NN: faiss_ivf, recall@10 = (0\.\d+) on 1000 sampled", capsys.readouterr().out)
+    assert summary["knn_backend"] == "faiss_ivf" and 0.5 < summary["knn_recall"] < 1
+    assert f"{summary['knn_recall']:.3f}" == line.group(1)
+    with pytest.raises(ValueError, match="below min_recall=0.999: raise nprobe"):
+        run_cluster_stage(ClusterConfig(input_dir=str(run_dir), output_dir=str(tmp_path / "strict"), k=10,
+                                        backend="faiss_ivf", nprobe=8, min_recall=0.999), progress=False)
+    assert not (tmp_path / "strict" / "summary.json").exists()

@@ -366,3 +366,18 @@ def test_the_training_directory_of_a_live_process_is_kept(tiny_lm_dir, tmp_path)
     live.mkdir()
     reuse()
     assert live.is_dir()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("min_recall", 0.0, "cluster.min_recall must be a finite number > 0, got 0.0: a recall lies in (0, 1]"),
+    ("min_recall", 1.5, "cluster.min_recall must be a finite number <= 1, got 1.5: a recall lies in (0, 1]"),
+    ("min_recall", math.nan, "cluster.min_recall must be a finite number > 0, got nan"),
+    ("nprobe", 0, "cluster.nprobe must be a whole number >= 1, got 0"),
+    ("exact_budget_s", -1.0, "cluster.exact_budget_s must be a finite number >= 0, got -1.0"),
+])
+def test_a_bad_cluster_knn_setting_fails_naming_it_and_writes_nothing(tmp_path, capsys, field, value, message):
+    """The k-NN search's settings (recall floor, IVF cells scanned, auto's budget), as the other cluster values."""
+    run_dir, out = _chi_run(tmp_path / "run"), tmp_path / "out"
+    config = write(tmp_path / "cluster.yaml", {"input_dir": str(run_dir), "output_dir": str(out), field: value})
+    _exits_with_one_error(capsys, ["cluster", "--config", str(config)], f"lit-susc: error: {message}")
+    assert _nothing_written(out) and not (run_dir / "clusters").exists()

@@ -45,7 +45,7 @@ from ..aux.features import ResidualFeatures, check_alignment, check_same_model, 
 from ..aux.fit import observation_contexts, read_sample_run
 from ..aux.predict import AuxPredictor
 from ..aux.split import SplitConfig, document_split
-from ..cluster.knn import knn
+from ..cluster.knn import EXACT_BACKENDS, knn
 from ..config import check_number
 from ..corpus import token_table
 from ..figures import Figure, save_png
@@ -60,7 +60,7 @@ __all__ = ["LeakConfig", "plot_leak", "run_leak_check"]
 LEAK_TABLE, LEAK_PLOT, LEAK_JSON = "leak.parquet", "leak.png", "leak.json"
 _CHI_CHUNK = 1 << 16  # tokens of chi read at a time
 _SCRATCH_PREFIX = "leak-activations-"  # the k-NN subsample's activations while the check runs
-_BACKENDS = ("auto", "keops", "torch", "sklearn")
+_BACKENDS = ("auto", *EXACT_BACKENDS)  # Jaccard-kNN compares neighbour sets: an approximate search would bias it
 
 
 @dataclass
@@ -77,7 +77,7 @@ class LeakConfig:
     seed: int = 0
     """Seeds the choice of the k-NN subsample."""
     backend: str = "auto"
-    """k-NN backend: 'auto', 'keops', 'torch' or 'sklearn' (lit_susc.cluster.knn)."""
+    """k-NN backend: 'auto' or an exact one, 'keops', 'torch', 'sklearn', 'faiss' (lit_susc.cluster.knn)."""
     batch_size: int = 32
     """Contexts per base-model forward pass; every layer's residual stream of a batch is held at once
     (batch_size x context_length x (L + 1) x hidden_size floats on the device)."""

@@ -58,7 +58,19 @@ from ..rundir import (
 )
 from ..statistics import MIN_VARIANCE_RATIO
 from .clustering import DEFAULT_CONDUCTANCE_THRESHOLD, DEFAULT_MAX_PUSHES, DEFAULT_SEEDS_PER_ROUND, cluster_graph
-from .knn import LOCAL_SCALE_NEIGHBOR, graph_from_knn, knn, knn_graph, row_blocks
+from .knn import (
+    DEFAULT_EXACT_BUDGET_S,
+    DEFAULT_MIN_RECALL,
+    DEFAULT_NPROBE,
+    LOCAL_SCALE_NEIGHBOR,
+    RECALL_SAMPLE,
+    Backend,
+    KnnReport,
+    check_recall,
+    graph_from_knn,
+    knn,
+    row_blocks,
+)
 from .whiten import WhitenInfo, whiten
 
 
@@ -86,8 +98,19 @@ class ClusterConfig:
     kernel: Literal["gaussian_local", "gaussian", "unweighted"] = "gaussian_local"
     """Edge weights: exp(-d_ij^2 / (s_i s_j)) with s_i the distance to i's 7th neighbour
     (default), one global Gaussian scale, or all 1."""
-    backend: Literal["auto", "keops", "torch", "sklearn"] = "auto"
-    """k-NN engine; 'auto' is KeOps on CUDA and scikit-learn on CPU (measured faster there)."""
+    backend: Backend = "auto"
+    """k-NN engine (lit_susc.cluster.knn): exact 'keops', 'torch', 'sklearn', 'faiss', or the approximate
+    'faiss_ivf'. 'auto' searches exactly (KeOps on CUDA, faiss on CPU) while the exact search's
+    estimated time is within exact_budget_s, and with faiss_ivf beyond; it prints which and why."""
+    nprobe: int = DEFAULT_NPROBE
+    """faiss_ivf's k-means cells scanned per query (of nlist ~ 4 sqrt(N)), its quality knob: raise it
+    when its recall is too low (its search time grows about linearly with it)."""
+    min_recall: float = DEFAULT_MIN_RECALL
+    """faiss_ivf measures its recall@k against exact search on 1000 sampled tokens (per rank) and
+    stops the stage when it is below this."""
+    exact_budget_s: float = DEFAULT_EXACT_BUDGET_S
+    """With backend 'auto': the estimated exact-search time (3 N^2 d flops at this machine's rate)
+    above which the approximate search is used."""
     alpha: float = 1e-3
     """Teleport probability of the LAZY walk (design.md); the plain walk's is 2a/(1+a)."""
     eps: float = 1e-7
@@ -118,10 +141,12 @@ class ClusterConfig:
         """Raise ValueError naming the first field outside its range (NaN and inf included), as the
         YAML spells it, so that a bad setting fails before the stage reads or writes anything
         (construction calls it; so does the stage, as fields can be set afterwards)."""
-        for name in ("k", "max_pushes", "min_size", "seeds_per_round", "devices"):
+        for name in ("k", "max_pushes", "min_size", "seeds_per_round", "devices", "nprobe"):
             check_number(f"cluster.{name}", getattr(self, name), low=1, integer=True)
         check_number("cluster.seed", self.seed, low=0, integer=True)
         check_number("cluster.eps", self.eps, low=0, strict=True)
+        check_number("cluster.exact_budget_s", self.exact_budget_s, low=0)
+        _check_fraction("cluster.min_recall", self.min_recall, one=True, why="a recall lies in (0, 1]")
         _check_fraction("cluster.alpha", self.alpha, why="it is the lazy walk's teleport probability")
         _check_fraction("cluster.max_fraction", self.max_fraction, one=True)
         _check_fraction("cluster.conductance_threshold", self.conductance_threshold, one=True,
@@ -245,9 +270,10 @@ def run_cluster_stage(config: ClusterConfig, progress: bool = True) -> Path:
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     try:
         with _rank_threads(config.devices) if fabric is not None else nullcontext():
-            labels, stats, A, info, timings = _compute(config, X, fabric, rank, world, progress and rank == 0, noise)
+            labels, stats, A, info, timings, search = _compute(config, X, fabric, rank, world, progress and rank == 0,
+                                                               noise)
         if rank == 0:
-            _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, world)
+            _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, world, search)
     finally:
         if fabric is not None:
             fabric.barrier()  # the other ranks return once rank 0 has written everything
@@ -298,15 +324,20 @@ def _compute(config: ClusterConfig, X: np.ndarray, fabric, rank: int, world: int
             X, info = _reliable_pcs(X, info, noise, config.min_pc_reliability)
     timings["whiten_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    device = _knn_device(config, fabric)
+    search = {"device": _knn_device(config, fabric), "nprobe": config.nprobe,
+              "exact_budget_s": config.exact_budget_s, "return_report": True, "verbose": rank == 0}
     if world == 1:
-        A = knn_graph(X, config.k, backend=config.backend, kernel=config.kernel, device=device)
+        idx, dist, report = knn(X, config.k, config.backend, min_recall=config.min_recall, **search)
+        recall = report.recall
     else:
         blocks = row_blocks(X.shape[0], world)
         a, b = blocks[rank]
-        idx, dist = knn(X, config.k, config.backend, device=device, rows=slice(a, b))
-        A = graph_from_knn(_gather_rows(fabric, idx, blocks), _gather_rows(fabric, dist, blocks),
-                           kernel=config.kernel)
+        # the recall floor is checked on all ranks' samples pooled, after the gather, so that the
+        # ranks stop together (one rank raising alone would leave the others waiting in the gather)
+        idx, dist, report = knn(X, config.k, config.backend, rows=slice(a, b), min_recall=0.0, **search)
+        idx, dist = _gather_rows(fabric, idx, blocks), _gather_rows(fabric, dist, blocks)
+        recall = _pooled_recall(fabric, report, config, world)
+    A = graph_from_knn(idx, dist, kernel=config.kernel)
     timings["knn_graph_s"] = time.perf_counter() - t
     t = time.perf_counter()
     labels, stats = cluster_graph(A, config.alpha, config.eps, config.min_size, config.seed,
@@ -316,10 +347,27 @@ def _compute(config: ClusterConfig, X: np.ndarray, fabric, rank: int, world: int
                                   n_threads=_threads_per_rank(config.devices) if world > 1 else None,
                                   progress=progress, rank=rank, world_size=world)
     timings["cluster_s"] = time.perf_counter() - t
-    return labels, stats, A, info, timings
+    return labels, stats, A, info, timings, {"knn_backend": report.backend, "knn_recall": recall}
 
 
-def _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, world) -> None:
+def _pooled_recall(fabric, report: KnnReport, config: ClusterConfig, world: int) -> float | None:
+    """recall@k over every rank's sampled queries, sum_r recall_r n_r / sum_r n_r (None for an exact
+    backend, which all ranks resolve alike), checked against min_recall on every rank."""
+    if report.recall is None:
+        return None
+    n = len(report.sampled)  # 0 on a rank with no query rows (N < ranks), whose recall is NaN
+    total = torch.tensor([report.recall * n if n else 0.0, n], dtype=torch.float64, device=fabric.device)
+    torch.distributed.all_reduce(total)
+    recall, queries = float(total[0] / total[1]), int(total[1])
+    if fabric.global_rank == 0:
+        print(f"lit-susc: k-NN: {report.backend}, recall@{config.k} = {recall:.3f} on {queries} sampled queries "
+              f"of {world} ranks (up to {RECALL_SAMPLE} each)", flush=True)
+    check_recall(recall, config.min_recall, k=config.k, queries=queries, backend=report.backend,
+                 nprobe=config.nprobe)
+    return recall
+
+
+def _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, world, search) -> None:
     # save_npz appends .npz to any other name
     with atomic_path(out / "graph.npz", suffix=".npz", checksum=True) as tmp:
         sp.save_npz(tmp, A.tocsr())
@@ -338,6 +386,9 @@ def _write_outputs(config, out, meta, tokens, labels, stats, A, info, timings, w
         "tokens": len(labels), "clusters": len(stats), "clustered_tokens": clustered,
         "source": meta.get("source", "sampling"), "ranks": world,
         **{k: round(v, 3) for k, v in timings.items()},
+        # the backend that ran ("auto" resolved) and, for an approximate one, its measured recall@k
+        "knn_backend": search["knn_backend"],
+        "knn_recall": None if search["knn_recall"] is None else round(search["knn_recall"], 4),
     })
     print(f"lit-susc: {len(stats)} clusters covering {clustered} of {len(labels)} tokens written to {out.resolve()}\n"
           f"  labels: pyarrow.parquet.read_table('{out / 'labels.parquet'}')   (label -1 = unclustered)")
