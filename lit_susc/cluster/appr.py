@@ -33,11 +33,23 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
+from .graph import Graph, row_sums
+
 __all__ = ["PushWorkspace", "approximate_pagerank", "graph_arrays"]
 
 
-def graph_arrays(A: sp.spmatrix | sp.sparray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """CSR arrays (indptr int64, indices int64, data float64) and degrees d(u) = row sums."""
+def graph_arrays(A: sp.spmatrix | sp.sparray | Graph) -> Graph:
+    """The arrays the push and the sweep run on: CSR (indptr, indices, data) and degrees d(u) = row sums.
+
+    A ``Graph`` (lit_susc.cluster.graph, e.g. ``load_graph``'s memory-mapped one with int32 indices and
+    float32 weights) is used as it is, uncopied: the jitted kernels compile for its dtypes, and its
+    weights were checked when it was built. A scipy matrix gives indptr int64, indices int64, data
+    float64 and its row sums (graph.row_sums: in column order, as a built graph's), in memory.
+    """
+    if isinstance(A, Graph):
+        if A.indptr.shape[0] != A.deg.shape[0] + 1:
+            raise ValueError(f"the graph's indptr has {A.indptr.shape[0]} entries for {A.deg.shape[0]} nodes")
+        return A
     A = sp.csr_matrix(A)
     if A.shape[0] != A.shape[1]:
         raise ValueError(f"the graph must be a square matrix, got shape {A.shape}")
@@ -47,8 +59,7 @@ def graph_arrays(A: sp.spmatrix | sp.sparray) -> tuple[np.ndarray, np.ndarray, n
     indptr = A.indptr.astype(np.int64)
     indices = A.indices.astype(np.int64)
     data = A.data.astype(np.float64)
-    deg = np.asarray(A.sum(axis=1), dtype=np.float64).ravel()
-    return indptr, indices, data, deg
+    return Graph(indptr, indices, data, row_sums(indptr, data))
 
 
 class PushWorkspace:
@@ -149,7 +160,7 @@ def _seed_array(seed: int | Sequence[int] | np.ndarray, n: int) -> np.ndarray:
 
 
 def approximate_pagerank(
-    A: sp.spmatrix | sp.sparray,
+    A: sp.spmatrix | sp.sparray | Graph,
     seed: int | Sequence[int],
     alpha: float = 1e-3,
     eps: float = 1e-7,
@@ -158,7 +169,7 @@ def approximate_pagerank(
     """ACL push approximation of the lazy personalized PageRank pr(s) (module docstring).
 
     A: symmetric (not checked) non-negative CSR [N, N]; weighted; self-loops allowed and
-        counted in d(u).
+        counted in d(u); or a ``Graph`` (graph_arrays), e.g. memory-mapped from disk.
     seed: a node id, or a list of ids (s uniform on them; repeated ids count repeatedly).
     alpha: lazy-walk teleport probability (plain-walk alpha' = 2 alpha / (1 + alpha)).
     eps: push while r(u) >= eps * d(u).

@@ -21,7 +21,8 @@ of each round, the (members, Phi, volume) candidates are all-gathered, and every
 step 3 to the full round in seed order. Labels are therefore identical on every rank and equal
 to the single-process result for the same `seed` and `seeds_per_round`.
 
-Memory: ~35 bytes per node per thread of push workspace, plus the graph.
+Memory: ~35 bytes per node per thread of push workspace, plus the graph (file-backed pages for a
+memory-mapped ``Graph``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..statistics import MIN_VARIANCE_RATIO
 from .appr import PushWorkspace, _push, _reset, graph_arrays
+from .graph import Graph
 from .knn import Backend, Kernel, knn_graph
 from .sweep import _sweep_nodes
 from .whiten import whiten as _whiten
@@ -82,7 +84,7 @@ def _seed_cluster(indptr, indices, data, deg, vol_g, seeds, alpha, eps, max_push
 
 
 def cluster_graph(
-    A: sp.spmatrix | sp.sparray,
+    A: sp.spmatrix | sp.sparray | Graph,
     alpha: float = 1e-3,
     eps: float = 1e-7,
     min_size: int = 20,
@@ -99,7 +101,8 @@ def cluster_graph(
     world_size: int = 1,
     all_gather: Callable[[object], list] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
-    """Clusters of the graph A (symmetric, non-negative CSR) by the module's loop.
+    """Clusters of the graph A (symmetric, non-negative CSR, or a ``Graph``: appr.graph_arrays, e.g.
+    graph.load_graph's memory-mapped one, used without copying) by the module's loop.
 
     alpha, eps: lazy-walk teleport and push tolerance (appr.approximate_pagerank).
     min_size: smallest cluster; max_fraction: largest cluster as a share of the N nodes.

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from .appr import graph_arrays
+from .graph import Graph
 
 __all__ = ["sweep_cut", "sweep_profile"]
 
@@ -91,7 +92,7 @@ def _prepare(A, p):
     return indptr, indices, data, deg, p
 
 
-def sweep_profile(A: sp.spmatrix | sp.sparray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sweep_profile(A: sp.spmatrix | sp.sparray | Graph, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(order, phi): the support of p (p > 0) in sweep order and Phi of every prefix,
     phi[i] = Phi(order[:i+1])."""
     indptr, indices, data, deg, p = _prepare(A, p)
@@ -102,13 +103,14 @@ def sweep_profile(A: sp.spmatrix | sp.sparray, p: np.ndarray) -> tuple[np.ndarra
 
 
 def sweep_cut(
-    A: sp.spmatrix | sp.sparray,
+    A: sp.spmatrix | sp.sparray | Graph,
     p: np.ndarray,
     *,
     min_size: int = 1,
     max_fraction: float = 1.0,
 ) -> tuple[np.ndarray, float]:
-    """Lowest-conductance sweep prefix of p (dense, length N) on the graph A.
+    """Lowest-conductance sweep prefix of p (dense, length N) on the graph A (scipy CSR, or a
+    ``Graph``: appr.graph_arrays).
 
     Only prefixes with min_size <= |S| <= max_fraction * N are eligible. Returns
     (members in sweep order, Phi(members)); (empty array, inf) when no prefix is eligible.
