@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from test_cluster_planted import SIZES, _check_recovery
+from test_cluster_planted import _check_recovery, planted_data
 from test_cluster_stage import _write_run
 
 from lit_susc.cluster import cluster_graph, graph_from_knn, knn, knn_graph, whiten
@@ -118,15 +118,7 @@ def test_a_recall_below_the_floor_raises_saying_what_to_change():
 
 
 def test_planted_groups_recovered_with_the_approximate_backend():
-    # the data of test_cluster_planted's fixture (which also builds an exact graph)
-    rng = np.random.default_rng(0)
-    d = 20
-    parts, truth = [rng.standard_normal((3000, d))], [np.full(3000, -1)]
-    for g, s in enumerate(SIZES):
-        c = rng.standard_normal(d)
-        parts.append(10.0 * c / np.linalg.norm(c) + 0.3 * rng.standard_normal((s, d)))
-        truth.append(np.full(s, g))
-    X, truth = np.vstack(parts), np.concatenate(truth)
+    X, truth = planted_data()
     # 16 of 90 cells scanned: recall ~0.81, the misses mostly in the structureless cloud
     idx, dist, report = knn(whiten(X)[0], 45, "faiss_ivf", nprobe=16, min_recall=0.5, return_report=True)
     assert 0.5 < report.recall < 0.9

@@ -8,8 +8,8 @@ from lit_susc.cluster import cluster_graph, find_clusters, knn_graph, whiten
 SIZES = (30, 60, 100, 150, 200)
 
 
-@pytest.fixture(scope="module")
-def planted():
+def planted_data() -> tuple[np.ndarray, np.ndarray]:
+    """(X, truth): 5 tight groups of SIZES points around a diffuse cloud of 3000 (truth -1), d = 20."""
     rng = np.random.default_rng(0)
     d = 20
     parts, truth = [rng.standard_normal((3000, d))], [np.full(3000, -1)]
@@ -17,7 +17,12 @@ def planted():
         c = rng.standard_normal(d)
         parts.append(10.0 * c / np.linalg.norm(c) + 0.3 * rng.standard_normal((s, d)))
         truth.append(np.full(s, g))
-    X, truth = np.vstack(parts), np.concatenate(truth)
+    return np.vstack(parts), np.concatenate(truth)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    X, truth = planted_data()
     return X, truth, knn_graph(whiten(X)[0], 45)
 
 
