@@ -117,6 +117,12 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 # ----------------------------------------------------------------------------- atomic writes
 
 
+def temporary_path(path: str | Path, suffix: str = "") -> Path:
+    """The temporary sibling this process writes ``path`` through: ``<name>.<pid>.tmp<suffix>``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "", checksum: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; renamed onto ``path`` when the block succeeds,
@@ -129,7 +135,7 @@ def atomic_path(path: str | Path, suffix: str = "", checksum: bool = False) -> I
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
+    tmp = temporary_path(path, suffix)
     try:
         yield tmp
         if checksum:
@@ -178,6 +184,20 @@ def write_memmap(path: str | Path, dtype, shape: tuple[int, ...]) -> Iterator[np
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
         yield array
         array.flush()
+
+
+@contextmanager
+def scratch_memmap(path: str | Path, dtype, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """Yield a memory-mapped .npy array that lives only for the block: intermediate results larger
+    than memory. Its file is ``path``'s temporary (``atomic_path``'s name, which ``claim`` accepts
+    and ``remove_temporaries`` deletes after a kill); it is removed when the block ends, and nothing
+    is published at ``path``."""
+    tmp = temporary_path(path, ".npy")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def copy_file(source: str | Path, destination: str | Path, remedy: str) -> None:

@@ -41,6 +41,7 @@ from lit_susc.aux import (
 )
 from lit_susc.aux.bundle import META_FILE, NORMALIZATION_FILE, PCA_FILE, WEIGHTS_FILE
 from lit_susc.aux.predict import read_pcs, read_tokens
+from lit_susc.cluster.graph import load_graph
 from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
 from lit_susc.report.inputs import read_inputs
 from lit_susc.rundir import (
@@ -221,12 +222,12 @@ def clustered(tmp_path):
 
 
 def test_the_graph_carries_its_sha256_and_a_flipped_byte_in_it_is_refused(clustered):
-    graph = clustered[1] / "graph.npz"
-    assert checksum_path(graph).read_text() == f"{hashlib.sha256(graph.read_bytes()).hexdigest()}  graph.npz\n"
-    rundir.verify(graph, "remedy")
-    flip(graph, graph.stat().st_size // 2)
+    graph = clustered[1] / "graph" / "data.npy"
+    assert checksum_path(graph).read_text() == f"{hashlib.sha256(graph.read_bytes()).hexdigest()}  data.npy\n"
+    load_graph(graph.parent)
+    flip(graph, graph.stat().st_size - 2)
     with pytest.raises(CorruptFileError, match=re.escape(f"{graph} is corrupt: its bytes differ") + ".*; remedy$"):
-        rundir.verify(graph, "remedy")
+        load_graph(graph.parent, "remedy")
 
 
 def test_the_report_refuses_corrupt_cluster_labels_naming_them(clustered):

@@ -11,6 +11,7 @@ from test_cluster_stage import _write_run
 from lit_susc.cluster import cluster_graph, graph_from_knn, knn, knn_graph, whiten
 from lit_susc.cluster.knn import RECALL_SAMPLE, resolve_backend, row_blocks
 from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
+from lit_susc.rundir import write_memmap
 
 
 def _distinct(n=300, d=5, seed=0):
@@ -159,3 +160,25 @@ def test_the_cluster_stage_records_the_backend_and_recall_and_stops_below_the_fl
         run_cluster_stage(ClusterConfig(input_dir=str(run_dir), output_dir=str(tmp_path / "strict"), k=10,
                                         backend="faiss_ivf", nprobe=8, min_recall=0.999), progress=False)
     assert not (tmp_path / "strict" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("backend", ["faiss", "faiss_ivf", "torch", "sklearn"])
+def test_neighbours_stored_into_memory_mapped_arrays_equal_the_returned_ones(tmp_path, backend):
+    """knn(out=...) on a read-only memory-mapped X fills int32/float64 files block by block with
+    exactly what it returns in memory (the cluster stage's path)."""
+    X = _distinct(700, 6, seed=4).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    idx, dist = knn(X, 9, backend, chunk_size=128, nprobe=4, min_recall=0.5, verbose=False)
+    with write_memmap(tmp_path / "i.npy", np.int32, idx.shape) as I, write_memmap(tmp_path / "d.npy", np.float64,
+                                                                                  idx.shape) as D:
+        got = knn(mapped, 9, backend, chunk_size=128, nprobe=4, min_recall=0.5, verbose=False, out=(I, D))
+        assert got[0] is I and got[1] is D
+    np.testing.assert_array_equal(np.load(tmp_path / "i.npy"), idx)
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), dist)
+
+
+def test_out_arrays_of_the_wrong_shape_are_refused():
+    X = _distinct(100, 3)
+    with pytest.raises(ValueError, match=r"out must be two \[100, 5\] arrays"):
+        knn(X, 5, "faiss", out=(np.empty((100, 4), np.int64), np.empty((100, 4))))

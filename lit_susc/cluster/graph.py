@@ -69,7 +69,8 @@ from ..rundir import (
 )
 from .knn import LOCAL_SCALE_NEIGHBOR, Kernel, _check_kernel
 
-__all__ = ["GRAPH_FILE", "Graph", "build_graph", "edge_weights", "kernel_scales", "load_graph", "row_sums"]
+__all__ = ["GRAPH_FILE", "Graph", "build_graph", "check_memory_budget", "edge_weights", "kernel_scales", "load_graph",
+           "row_sums"]
 
 GRAPH_FILE = "graph.json"
 """A graph directory's manifest, written last (its finished marker)."""
@@ -253,6 +254,16 @@ def _ranges(rptr: np.ndarray, capacity: int) -> list[tuple[int, int]]:
     return out
 
 
+def _index_dtype(n: int):
+    return np.int32 if n < 2**31 else np.int64
+
+
+def check_memory_budget(n: int, k: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+    """Raise ValueError when ``build_graph`` of N = n nodes and k neighbours cannot run within
+    ``memory_budget`` bytes (its per-node arrays and one block row), before any work is done."""
+    _split_budget(n, k, memory_budget, np.dtype(_index_dtype(n)).itemsize + 4)
+
+
 def build_graph(
     idx: np.ndarray,
     dist: np.ndarray,
@@ -275,7 +286,7 @@ def build_graph(
         raise ValueError(f"idx and dist must both be [N, k], got shapes {idx.shape} and {dist.shape}")
     n, k = idx.shape
     _check_kernel(kernel, k, local_scale_neighbor, sigma)
-    index_dtype = np.int32 if n < 2**31 else np.int64
+    index_dtype = _index_dtype(n)
     entry_bytes = np.dtype(index_dtype).itemsize + 4  # ENTRY_BYTES with int32 ids
     rows, capacity = _split_budget(n, k, memory_budget, entry_bytes)
     directory = Path(directory)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from contextlib import contextmanager
+import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -210,11 +211,12 @@ def _knn_keops(X: torch.Tensor, k: int, chunk: int, start: int, stop: int) -> np
     return out
 
 
-def _knn_sklearn(X: np.ndarray, k: int, start: int, stop: int) -> np.ndarray:
+def _sklearn_search(X: np.ndarray, k: int):
+    """(a, b) -> the k+1 candidates of rows a..b-1, by scikit-learn's brute-force search."""
     from sklearn.neighbors import NearestNeighbors
 
     nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", n_jobs=-1).fit(X)
-    return nn.kneighbors(X[start:stop], return_distance=False).astype(np.int64)
+    return lambda a, b: nn.kneighbors(X[a:b], return_distance=False).astype(np.int64)
 
 
 @contextmanager
@@ -295,31 +297,31 @@ def _exact_order(Xd: torch.Tensor, ids: np.ndarray, cand: np.ndarray, k: int) ->
     return np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)
 
 
-def _knn_ivf(X: np.ndarray, Xd: torch.Tensor, k: int, ids: np.ndarray, chunk: int, nprobe: int,
-             min_recall: float, verbose: bool) -> tuple[np.ndarray, float, np.ndarray]:
-    """IVF candidates of the points ``ids``, after the recall check (knn): (candidates, recall, sampled)."""
+def _ivf_index(faiss, X: np.ndarray, Xd: torch.Tensor, k: int, ids: np.ndarray, chunk: int, nprobe: int,
+               min_recall: float, verbose: bool):
+    """The IVF index of X's rows at ``nprobe``, after the recall check on a sample of the query
+    points ``ids`` (knn): (index, recall, sampled)."""
     n, d = X.shape
     nlist = max(1, min(round(IVF_LISTS_PER_SQRT_N * np.sqrt(n)), n // IVF_TRAIN_PER_LIST))
     rng = np.random.default_rng(0)
     train = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))
     sampled = np.sort(rng.choice(ids, size=min(len(ids), RECALL_SAMPLE), replace=False))
-    with _faiss_blocks() as faiss:
-        # the index keeps its quantizer alive (faiss's wrapper); k-means is seeded, so every run
-        # and every rank builds the same cells
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
-        index.train(np.ascontiguousarray(X[train], dtype=np.float32))
-        _faiss_add(index, X)
-        # the exact truth: the same index scanning every cell, with no second copy of X
-        index.nprobe = nlist
-        truth = _faiss_search(index, X, k, sampled, chunk)
-        index.nprobe = nprobe
-        found = _faiss_search(index, X, k, sampled, chunk)
-        recall = _recall(_exact_order(Xd, sampled, found, k)[1], _exact_order(Xd, sampled, truth, k)[1])
-        if verbose:
-            print(f"lit-susc: k-NN: faiss_ivf, recall@{k} = {recall:.3f} on {len(sampled)} sampled queries "
-                  f"(nprobe={nprobe} of {nlist} cells)", flush=True)
-        check_recall(recall, min_recall, k=k, queries=len(sampled), backend="faiss_ivf", nprobe=nprobe)
-        return _faiss_search(index, X, k, ids, chunk), recall, sampled
+    # the index keeps its quantizer alive (faiss's wrapper); k-means is seeded, so every run
+    # and every rank builds the same cells
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+    index.train(np.ascontiguousarray(X[train], dtype=np.float32))
+    _faiss_add(index, X)
+    # the exact truth: the same index scanning every cell, with no second copy of X
+    index.nprobe = nlist
+    truth = _faiss_search(index, X, k, sampled, chunk)
+    index.nprobe = nprobe
+    found = _faiss_search(index, X, k, sampled, chunk)
+    recall = _recall(_exact_order(Xd, sampled, found, k)[1], _exact_order(Xd, sampled, truth, k)[1])
+    if verbose:
+        print(f"lit-susc: k-NN: faiss_ivf, recall@{k} = {recall:.3f} on {len(sampled)} sampled queries "
+              f"(nprobe={nprobe} of {nlist} cells)", flush=True)
+    check_recall(recall, min_recall, k=k, queries=len(sampled), backend="faiss_ivf", nprobe=nprobe)
+    return index, recall, sampled
 
 
 def knn(
@@ -333,6 +335,7 @@ def knn(
     nprobe: int = DEFAULT_NPROBE,
     min_recall: float = DEFAULT_MIN_RECALL,
     exact_budget_s: float = DEFAULT_EXACT_BUDGET_S,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
     return_report: bool = False,
     verbose: bool = True,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, KnnReport]:
@@ -356,9 +359,14 @@ def knn(
     prints it, and raises ValueError (check_recall) if it is below min_recall (0 disables the
     check) before searching the rest. nprobe: the cells it scans per query.
 
+    out: two arrays [rows, k] (indices: any integer dtype that holds N; distances: float) to fill
+    and return instead of new int64 and float64 ones, e.g. memory-mapped files
+    (``rundir.write_memmap``). The queries are searched, ordered and stored a block at a time,
+    so besides X and the outputs memory holds one block.
+
     chunk_size: query rows per block (torch: default keeps a block of the N x N distance
     matrix at ~2^26 entries; keops: default 2^20 rows, so the output block on the device
-    stays O(chunk k); faiss: default 2^16). device: torch device for "torch"/"keops", and
+    stays O(chunk k); faiss, sklearn: default 2^16). device: torch device for "torch"/"keops", and
     where "faiss" runs (default: CUDA if available).
     """
     from ..config import check_number
@@ -373,33 +381,58 @@ def knn(
     if verbose and backend == "auto":
         print(f"lit-susc: k-NN: auto -> {name}: {reason}", flush=True)
     start, stop = _rows(rows, X.shape[0])
-    ids = np.arange(start, stop, dtype=np.int64)
+    if out is None:
+        out = (np.empty((stop - start, k), np.int64), np.empty((stop - start, k), np.float64))
+    elif any(a.shape != (stop - start, k) for a in out):
+        raise ValueError(f"out must be two [{stop - start}, {k}] arrays (indices, distances), got shapes "
+                         f"{[a.shape for a in out]}")
     recall = sampled = None
-    if name in ("sklearn", "faiss", "faiss_ivf"):
-        Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else X
-        Xd = torch.as_tensor(Xn)
-        if name == "sklearn":
-            cand = _knn_sklearn(Xn, k, start, stop)
-        elif name == "faiss":
-            with _faiss_blocks() as faiss:
-                cand = _faiss_search(_faiss_flat(faiss, Xn, device), Xn, k, ids, chunk_size or _FAISS_BLOCK)
+    with ExitStack() as stack:
+        if name in ("sklearn", "faiss", "faiss_ivf"):
+            Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else X
+            Xd = _shared_tensor(Xn)
+            block = chunk_size or _FAISS_BLOCK
+            if name == "sklearn":
+                search = _sklearn_search(Xn, k)
+            else:
+                faiss = stack.enter_context(_faiss_blocks())
+                if name == "faiss":
+                    index = _faiss_flat(faiss, Xn, device)
+                else:
+                    index, recall, sampled = _ivf_index(faiss, Xn, Xd, k, np.arange(start, stop), block, nprobe,
+                                                        min_recall, verbose)
+                search = lambda a, b: _faiss_search(index, Xn, k, np.arange(a, b), block)
         else:
-            cand, recall, sampled = _knn_ivf(Xn, Xd, k, ids, chunk_size or _FAISS_BLOCK, nprobe, min_recall, verbose)
-    else:
-        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        Xt = torch.as_tensor(X).to(dev)
-        if not Xt.is_floating_point():
-            Xt = Xt.double()
-        Xt = Xt.contiguous()
-        if name == "torch":
-            cand = _knn_torch(Xt, k, chunk_size or _default_chunk(Xt.shape[0]), start, stop)
-        else:
-            cand = _knn_keops(Xt, k, chunk_size or (1 << 20), start, stop)
-        Xd = Xt.cpu()
-    idx, dist = _exact_order(Xd, ids, cand, k)
+            dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
+                                                                               else "cpu")
+            Xt = (_shared_tensor(X) if isinstance(X, np.ndarray) else X).to(dev)
+            if not Xt.is_floating_point():
+                Xt = Xt.double()
+            Xt = Xt.contiguous()
+            if name == "torch":
+                chunk = chunk_size or _default_chunk(Xt.shape[0])
+                block = max(chunk, _FAISS_BLOCK // chunk * chunk)
+                search = lambda a, b: _knn_torch(Xt, k, chunk, a, b)
+            else:
+                block = chunk_size or (1 << 20)
+                search = lambda a, b: _knn_keops(Xt, k, block, a, b)
+            Xd = Xt.cpu()
+        # queries in blocks, each ordered exactly and stored at once: memory is the outputs plus one block
+        for a in range(start, stop, block):
+            b = min(a + block, stop)
+            out[0][a - start:b - start], out[1][a - start:b - start] = _exact_order(Xd, np.arange(a, b), search(a, b),
+                                                                                      k)
     if return_report:
-        return idx, dist, KnnReport(name, reason, recall, sampled)
-    return idx, dist
+        return out[0], out[1], KnnReport(name, reason, recall, sampled)
+    return out[0], out[1]
+
+
+def _shared_tensor(X: np.ndarray) -> torch.Tensor:
+    """X as a tensor sharing its memory, a read-only memory-mapped file included (torch warns that it
+    cannot protect such an array from writes; nothing here writes to X)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(X)
 
 
 LOCAL_SCALE_NEIGHBOR = 7

@@ -52,7 +52,7 @@ Reduce = Callable[[np.ndarray], np.ndarray]
 class WhitenInfo:
     """What whiten() fitted: enough to apply the same map to new rows (transform)."""
 
-    mode: str
+    mode: str  # "whiten", "standardize", or "none" (the identity: rows as they are)
     mean: np.ndarray  # [d]
     components: np.ndarray | None  # [m, d], rows = kept PCs, descending variance ("whiten")
     variances: np.ndarray | None  # [m] variance of each kept PC ("whiten")
@@ -60,14 +60,21 @@ class WhitenInfo:
 
     @property
     def width(self) -> int:
-        """Columns of the map's output: m kept PCs ("whiten") or d ("standardize")."""
+        """Columns of the map's output: m kept PCs ("whiten") or d ("standardize", "none")."""
         return self.components.shape[0] if self.mode == "whiten" else self.mean.shape[0]
 
     def keep(self, mask: np.ndarray) -> WhitenInfo:
         """The same map restricted to the PCs where ``mask`` is True."""
         return WhitenInfo(self.mode, self.mean, self.components[mask], self.variances[mask], self.scale)
 
+    @classmethod
+    def identity(cls, d: int) -> WhitenInfo:
+        """The map that leaves rows of d columns as they are (the cluster stage's preprocessing 'none')."""
+        return cls("none", np.zeros(d), None, None)
+
     def transform(self, X: np.ndarray) -> np.ndarray:
+        if self.mode == "none":
+            return np.asarray(X, dtype=np.float64)
         X = np.asarray(X, dtype=np.float64) - self.mean
         if self.mode == "whiten":
             return whiten_scores(X @ self.components.T, self.variances)
