@@ -18,9 +18,11 @@ import numpy as np
 from lit_susc.cluster import cluster_graph, knn_graph, whiten
 
 
-def planted(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def planted(n: int, d: int, seed: int = 0, groups: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """n points: ``groups`` (default n / 2000) groups of 30-200 points, std 0.3 around centres at radius 6,
+    in a N(0, I_d) cloud; (X float32 [n, d], truth: group id or -1)."""
     rng = np.random.default_rng(seed)
-    sizes = rng.integers(30, 201, max(1, n // 2000))
+    sizes = rng.integers(30, 201, groups or max(1, n // 2000))
     parts, truth = [rng.standard_normal((n - sizes.sum(), d))], [np.full(n - sizes.sum(), -1)]
     for g, s in enumerate(sizes):
         c = rng.standard_normal(d)

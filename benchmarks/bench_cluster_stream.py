@@ -1,6 +1,7 @@
 """The cluster pipeline in bounded memory, end to end: time and peak memory per stage, planted-group recovery.
 
     python benchmarks/bench_cluster_stream.py [--n 100000] [--d 64] [--k 45] [--block 65536] [--knn exact|random]
+    python benchmarks/bench_cluster_stream.py --stage [--n 1000000] [--groups 50]     (the cluster stage itself)
 
 Input, prepared in a child process (its memory is not this one's): bench_cluster.planted's data (n/2000
 groups of 30-200 points, std 0.3, around a N(0, I_d) cloud) with the groups' centres moved to --radius
@@ -17,6 +18,10 @@ Then, in this process, each a stage:
            hours (no clusters to find then: the cluster stage is skipped)
   graph    build_graph (memory_budget --graph-budget GiB) -> graph/, then load_graph (verifies the checksums)
   cluster  cluster_graph on the memmapped graph (spec alpha = 1e-3, eps = 1e-7)
+
+--stage runs the cluster stage (run_cluster_stage, spec settings, backend "auto", memory_budget_gib
+--graph-budget) on the prepared directory instead, as one timed block, and prints the times its
+summary.json records per step, the k-NN backend and recall, and the recovery from its labels.parquet.
 
 Per stage: wall time; peak RSS during the stage (VmHWM, reset before it through /proc/self/clear_refs)
 and peak anonymous memory (RssAnon sampled every 10 ms: RSS less the file-backed pages), and at its end the resident anonymous memory and the resident file-backed pages (memmaps, which the kernel
@@ -37,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from lit_susc.cluster import cluster_graph, knn
@@ -79,14 +85,17 @@ def stage(name: str) -> Iterator[None]:
           f"GiB   at the end: anonymous {m['RssAnon']:.2f} GiB, file pages {m['RssFile']:.2f} GiB", flush=True)
 
 
-def prepare(run: Path, n: int, d: int, radius: float) -> None:
+def prepare(run: Path, n: int, d: int, radius: float, groups: int | None) -> None:
     from bench_cluster import planted
 
-    X, truth = planted(n, d)
+    X, truth = planted(n, d, groups=groups)
     for g in range(truth.max() + 1):  # each group's centre moved from radius 6 to ``radius``, its spread kept
         centre = X[truth == g].mean(0)
         X[truth == g] += (radius / np.linalg.norm(centre) - 1) * centre
-    SusceptibilityResult(torch.from_numpy(X.T.astype(np.float64)), [f"c{j}" for j in range(d)], "seed", 1.0).save(run)
+    # the token table of a sampling run's first columns (the cluster stage copies it into labels.parquet)
+    tokens = pa.table({"doc_id": np.arange(n) // 512, "position": np.arange(n) % 512})
+    SusceptibilityResult(torch.from_numpy(X.T.astype(np.float64)), [f"c{j}" for j in range(d)], "seed", 1.0,
+                         tokens=tokens).save(run)
     np.save(run / "truth.npy", truth)
 
 
@@ -115,6 +124,24 @@ def recovered(labels: np.ndarray, truth: np.ndarray) -> int:
     return found
 
 
+def run_stage(run: Path, k: int, budget_gib: float, truth: np.ndarray) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from lit_susc.cluster.stage import ClusterConfig, run_cluster_stage
+
+    with stage("stage"):
+        out = run_cluster_stage(ClusterConfig(input_dir=str(run), k=k, memory_budget_gib=budget_gib), progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    print("  " + ", ".join(f"{key} {summary[key]:.1f} s" for key in ("whiten_s", "knn_s", "graph_s", "cluster_s")) +
+          f"; k-NN {summary['knn_backend']}, recall {summary['knn_recall']}; summary's peak RSS "
+          f"{summary['peak_rss_gib']:.2f} GiB")
+    labels = pq.read_table(out / "labels.parquet", columns=["label"]).column("label").to_numpy()
+    print(f"  clusters {summary['clusters']}, planted groups found {recovered(labels, truth)}/{truth.max() + 1}, "
+          f"cloud share clustered {np.mean(labels[truth == -1] >= 0):.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
@@ -125,19 +152,21 @@ def main() -> None:
     ap.add_argument("--radius", type=float, default=None,
                     help="groups' distance from the cloud's centre (default 6 sqrt(d / 32): planted's 6 at d = 32)")
     ap.add_argument("--graph-budget", type=float, default=1.0, help="build_graph's memory_budget, GiB")
+    ap.add_argument("--groups", type=int, default=None, help="planted groups (default n / 2000)")
+    ap.add_argument("--stage", action="store_true", help="run the cluster stage itself (run_cluster_stage)")
     ap.add_argument("--dir", type=Path, default=None, help="working directory (default: a temporary one)")
     ap.add_argument("--prepare", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     radius = 6.0 * np.sqrt(args.d / 32) if args.radius is None else args.radius
     if args.prepare is not None:
-        prepare(args.prepare, args.n, args.d, radius)
+        prepare(args.prepare, args.n, args.d, radius, args.groups)
         return
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work, run = Path(tmp), Path(tmp) / "run"
         t = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--prepare", str(run), "--n", str(args.n), "--d", str(args.d),
-                        "--radius", str(radius)],
+                        "--radius", str(radius), *(["--groups", str(args.groups)] if args.groups else [])],
                        check=True, cwd=Path(__file__).parent)
         truth = np.load(run / "truth.npy")
         print(f"N={args.n} d={args.d} k={args.k} groups={truth.max() + 1} radius={radius:.2f} block={args.block} "
@@ -145,6 +174,9 @@ def main() -> None:
               f"(input prepared in {time.perf_counter() - t:.1f} s)", flush=True)
         print(f"  after the imports: RSS {_status('VmRSS')['VmRSS']:.2f} GiB", flush=True)
         n = args.n
+        if args.stage:
+            run_stage(run, args.k, args.graph_budget, truth)
+            return
         with stage("whiten"):
             blocks = lambda: (read_chi(run, a, min(a + args.block, n)).T.numpy()
                               for a in range(0, n, args.block))
