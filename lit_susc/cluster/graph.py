@@ -67,10 +67,9 @@ from ..rundir import (
     write_json,
     write_memmap,
 )
-from .knn import LOCAL_SCALE_NEIGHBOR, Kernel, _check_kernel
+from .knn import LOCAL_SCALE_NEIGHBOR, Kernel, check_kernel, edge_weights, kernel_scales
 
-__all__ = ["GRAPH_FILE", "Graph", "build_graph", "check_memory_budget", "edge_weights", "kernel_scales", "load_graph",
-           "row_sums"]
+__all__ = ["GRAPH_FILE", "Graph", "build_graph", "check_memory_budget", "load_graph", "row_sums"]
 
 GRAPH_FILE = "graph.json"
 """A graph directory's manifest, written last (its finished marker)."""
@@ -120,38 +119,6 @@ def row_sums(indptr, data):
             total += data[e]
         deg[u] = total
     return deg
-
-
-def kernel_scales(dist: np.ndarray, kernel: str, local_scale_neighbor: int = LOCAL_SCALE_NEIGHBOR,
-                  sigma: float | None = None) -> tuple[np.ndarray | None, float | None]:
-    """(s [N] float64 for "gaussian_local", else None; sigma for "gaussian", else None): the module
-    docstring's scales from the distances dist [N, k], as graph_from_knn computes them."""
-    if kernel == "unweighted":
-        return None, None
-    if kernel == "gaussian" and sigma is not None:
-        sig = float(sigma)
-    else:
-        s = np.asarray(dist[:, local_scale_neighbor - 1], np.float64)
-        if kernel == "gaussian_local":
-            # duplicates make s_i = 0; a floor keeps 0/0 from appearing (such pairs get w = 1)
-            floor = max(float(np.median(s)) * 1e-12, np.finfo(np.float64).tiny)
-            return np.maximum(s, floor), None
-        sig = float(np.median(s))
-    if not sig > 0:
-        raise ValueError(f"the Gaussian scale must be positive, got sigma={sig}; pass sigma explicitly")
-    return None, sig
-
-
-def edge_weights(rows: np.ndarray, idx: np.ndarray, dist: np.ndarray, kernel: str, s: np.ndarray | None,
-                 sigma: float | None) -> np.ndarray:
-    """w_i->j float64 (module docstring) of the pairs i = rows, j = idx at distances dist (arrays that
-    broadcast: rows [B, 1] with idx, dist [B, k], or three flat arrays); s, sigma: ``kernel_scales``.
-    The arithmetic is graph_from_knn's, so the weights are its weights bit for bit."""
-    if kernel == "unweighted":
-        return np.ones(np.shape(dist))
-    if kernel == "gaussian_local":
-        return np.exp(-(dist * dist) / (s[rows] * s[idx]))
-    return np.exp(-(dist * dist) / (sigma * sigma))
 
 
 @njit(cache=True, nogil=True)
@@ -285,7 +252,7 @@ def build_graph(
     if idx.ndim != 2 or idx.shape != dist.shape:
         raise ValueError(f"idx and dist must both be [N, k], got shapes {idx.shape} and {dist.shape}")
     n, k = idx.shape
-    _check_kernel(kernel, k, local_scale_neighbor, sigma)
+    check_kernel(kernel, k, local_scale_neighbor, sigma)
     index_dtype = _index_dtype(n)
     entry_bytes = np.dtype(index_dtype).itemsize + 4  # ENTRY_BYTES with int32 ids
     rows, capacity = _split_budget(n, k, memory_budget, entry_bytes)

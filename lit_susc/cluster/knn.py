@@ -34,7 +34,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["KnnReport", "check_recall", "graph_from_knn", "knn", "knn_graph", "resolve_backend", "row_blocks"]
+__all__ = ["KnnReport", "check_kernel", "check_recall", "edge_weights", "graph_from_knn", "kernel_scales", "knn", "knn_graph",
+           "resolve_backend", "row_blocks"]
 
 Backend = Literal["auto", "keops", "torch", "sklearn", "faiss", "faiss_ivf"]
 Kernel = Literal["gaussian_local", "gaussian", "unweighted"]
@@ -467,19 +468,54 @@ def knn_graph(
     knn's.
     """
     X = _check_input(X, k)
-    _check_kernel(kernel, k, local_scale_neighbor, sigma)
+    check_kernel(kernel, k, local_scale_neighbor, sigma)
     idx, dist = knn(X, k, backend, chunk_size=chunk_size, device=device, nprobe=nprobe, min_recall=min_recall,
                     exact_budget_s=exact_budget_s)
     return graph_from_knn(idx, dist, kernel=kernel, local_scale_neighbor=local_scale_neighbor, sigma=sigma)
 
 
-def _check_kernel(kernel: str, k: int, local_scale_neighbor: int, sigma: float | None) -> bool:
+def check_kernel(kernel: str, k: int, local_scale_neighbor: int, sigma: float | None) -> bool:
+    """Raise ValueError for an unknown kernel or a scale neighbour outside [1, k]; whether the kernel
+    needs the points' scales (kernel_scales)."""
     if kernel not in ("gaussian_local", "gaussian", "unweighted"):
         raise ValueError(f"unknown kernel {kernel!r}; use 'gaussian_local', 'gaussian' or 'unweighted'")
     needs_scales = kernel == "gaussian_local" or (kernel == "gaussian" and sigma is None)
     if needs_scales and not 1 <= local_scale_neighbor <= k:
         raise ValueError(f"local_scale_neighbor must lie in [1, k={k}], got {local_scale_neighbor}")
     return needs_scales
+
+
+def kernel_scales(dist: np.ndarray, kernel: str, local_scale_neighbor: int = LOCAL_SCALE_NEIGHBOR,
+                  sigma: float | None = None) -> tuple[np.ndarray | None, float | None]:
+    """(s [N] float64 for "gaussian_local", else None; sigma for "gaussian", else None): knn_graph's
+    scales from the distances dist [N, k] (s_i = the local_scale_neighbor-th distance, floored at
+    max(1e-12 median_i s_i, the smallest normal float64); sigma given, or median_i s_i)."""
+    if kernel == "unweighted":
+        return None, None
+    if kernel == "gaussian" and sigma is not None:
+        sig = float(sigma)
+    else:
+        s = np.asarray(dist[:, local_scale_neighbor - 1], np.float64)
+        if kernel == "gaussian_local":
+            # duplicates make s_i = 0; a floor keeps 0/0 from appearing (such pairs get w = 1)
+            floor = max(float(np.median(s)) * 1e-12, np.finfo(np.float64).tiny)
+            return np.maximum(s, floor), None
+        sig = float(np.median(s))
+    if not sig > 0:
+        raise ValueError(f"the Gaussian scale must be positive, got sigma={sig}; pass sigma explicitly")
+    return None, sig
+
+
+def edge_weights(rows: np.ndarray, idx: np.ndarray, dist: np.ndarray, kernel: str, s: np.ndarray | None,
+                 sigma: float | None) -> np.ndarray:
+    """w_i->j float64 (knn_graph's kernels) of the pairs i = rows, j = idx at distances dist (arrays that
+    broadcast: rows [B, 1] with idx, dist [B, k], or three flat arrays); s, sigma: ``kernel_scales``.
+    graph_from_knn and graph.build_graph both weigh their edges with it."""
+    if kernel == "unweighted":
+        return np.ones(np.shape(dist))
+    if kernel == "gaussian_local":
+        return np.exp(-(dist * dist) / (s[rows] * s[idx]))
+    return np.exp(-(dist * dist) / (sigma * sigma))
 
 
 def graph_from_knn(
@@ -497,24 +533,11 @@ def graph_from_knn(
     if idx.ndim != 2 or idx.shape != dist.shape:
         raise ValueError(f"idx and dist must both be [N, k], got shapes {idx.shape} and {dist.shape}")
     n, k = idx.shape
-    needs_scales = _check_kernel(kernel, k, local_scale_neighbor, sigma)
+    check_kernel(kernel, k, local_scale_neighbor, sigma)
+    s, sig = kernel_scales(dist, kernel, local_scale_neighbor, sigma)
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     cols = idx.ravel()
-    d = dist.ravel()
-    if kernel == "unweighted":
-        w = np.ones_like(d)
-    else:
-        s = dist[:, local_scale_neighbor - 1] if needs_scales else None
-        if kernel == "gaussian_local":
-            # duplicates make s_i = 0; a floor keeps 0/0 from appearing (such pairs get w = 1)
-            floor = max(float(np.median(s)) * 1e-12, np.finfo(np.float64).tiny)
-            s = np.maximum(s, floor)
-            w = np.exp(-(d * d) / (s[rows] * s[cols]))
-        else:
-            sig = float(np.median(s)) if sigma is None else float(sigma)
-            if not sig > 0:
-                raise ValueError(f"the Gaussian scale must be positive, got sigma={sig}; pass sigma explicitly")
-            w = np.exp(-(d * d) / (sig * sig))
+    w = edge_weights(rows, cols, dist.ravel(), kernel, s, sig)
     A = sp.coo_matrix((w, (rows, cols)), shape=(n, n)).tocsr()
     # self is never among the neighbours (_drop_self), so there is no diagonal to clear
     A = A.maximum(A.T).tocsr()
