@@ -2,6 +2,7 @@
 
     python benchmarks/bench_aux.py [--hidden 512] [--layers 12] [--heads 4] [--context 256] [--contexts 96]
     python benchmarks/bench_aux.py --preset pythia-1.4b --device cuda     # the spec's model shape
+    python benchmarks/bench_aux.py --tokens 1000000 --hidden 256 --layers 6 --repeats 1   # 10^6 tokens
 
 Builds a randomly initialised GPT-NeoX and an aux model of the spec's shape for it (4 evenly
 spaced layers, one PC per component: layers x (heads + 1) + 2, hidden width 16 x PCs), then runs
@@ -13,6 +14,9 @@ contexts and batch size. Prints tokens/s of both and
     ratio = aux predict tokens/s / plain truncated forward tokens/s          (goal >= 0.9)
 
 measured over the prediction loop (model loading excluded; the end-to-end figure is printed too).
+``--tokens`` sets ``--contexts`` to the contexts that hold that many predicted tokens. The peak
+RSS during aux predict (VmHWM, reset before it) is printed with the size of the prediction on disk: run at two token
+counts, it shows whether memory grows with the tokens (it should not: one shard at a time).
 The two are run alternately ``--repeats`` times; each figure is the fastest run (timeit's rule:
 on a shared machine the slower runs measure the neighbours). On CPU the ratio of CPU times (this
 process's threads; the prefetch worker's tokenization is left out) is printed too: it is far less
@@ -25,6 +29,7 @@ model's share of the FLOPs bounds the ratio from above. It is about 5.3 / head_d
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -109,6 +114,16 @@ def plain_forward(model_dir: Path, deepest: int, args, device) -> tuple[float, f
     return time.perf_counter() - began[0], time.process_time() - began[1]
 
 
+def _peak_rss_gib() -> float:
+    """VmHWM, the peak RSS since the last _reset_peak (or the process's start)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 2**20
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the current RSS
+
+
 def predict(aux_dir: Path, out: Path, args, device) -> tuple[tuple[float, float], float]:
     """((loop wall, loop CPU) seconds, end-to-end seconds) of upsample over the same contexts."""
     timer = LoopTimer()
@@ -129,6 +144,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--contexts", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=None, help="predict this many tokens (sets --contexts)")
     ap.add_argument("--shard-contexts", type=int, default=32)
     ap.add_argument("--n-pcs", type=int, default=None, help="PCs predicted (default: one per component)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -143,15 +159,21 @@ def main() -> None:
         for k, v in PRESETS[args.preset].items():
             setattr(args, k, v)
     device = torch.device(args.device)
+    if args.tokens:
+        args.contexts = math.ceil(args.tokens / (args.context - 1))
     tokens = args.contexts * (args.context - 1)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, aux_dir, layers = build(args, Path(tmp))
         plain, loop, total = [], [], []
+        peaks = []
         for r in range(args.repeats):
             plain.append(plain_forward(model_dir, max(layers), args, device))
+            _reset_peak()
             seconds, end_to_end = predict(aux_dir, Path(tmp) / f"pred{r}", args, device)
+            peaks.append(_peak_rss_gib())
             loop.append(seconds)
             total.append(end_to_end)
+        written = sum(f.stat().st_size for f in (Path(tmp) / "pred0").rglob("*") if f.is_file())
     plain_tps, loop_tps = (tokens / min(wall for wall, _ in t) for t in (plain, loop))
     print(f"{tokens} tokens ({args.contexts} contexts of {args.context}), batch {args.batch}, device {device}, "
           f"{torch.get_num_threads()} threads, best of {args.repeats}")
@@ -159,6 +181,9 @@ def main() -> None:
     print(f"aux predict (loop):        {loop_tps:,.0f} tokens/s   (end to end incl. model loading: "
           f"{tokens / min(total):,.0f})")
     print(f"ratio = {loop_tps / plain_tps:.3f}   (goal >= 0.9)")
+    # (resetting VmHWM resets getrusage's peak too: the plain forward's, which tokenizes every context at once, is
+    # not in it)
+    print(f"peak RSS during aux predict {max(peaks):.2f} GiB; the prediction on disk {written / 2**20:.0f} MiB")
     if device.type == "cpu":
         cpu_ratio = min(c for _, c in plain) / min(c for _, c in loop)
         print(f"ratio of CPU times = {cpu_ratio:.3f}   (medians of wall times: "
