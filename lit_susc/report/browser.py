@@ -8,9 +8,17 @@
                            cluster, in position order (each example on a cluster page links to its row)
       index.html           contents, run summary, clusters against token identity, plots, glossary,
                            the sortable and searchable cluster table; written last
+      index-<k>.html       page k of that table, when there are more clusters than one page holds
+                           (pages.INDEX_PAGE_CLUSTERS, largest first; index.html is page 1)
 
 ``index.html`` is written last, through a temporary name, and removed first when a report is
 rebuilt, so a directory without it holds no finished report.
+
+Pages are written in a stream, each through the project's atomic writer as soon as it is rendered:
+cluster pages ``PAGES_PER_BATCH`` clusters at a time (their examples read together, then dropped),
+then the document pages, then the index pages. Beside the token table (O(tokens), in Arrow) the
+report holds the clusters' numbers as arrays and one batch of pages, so 10^4-10^5 clusters render
+in minutes (README, "The cluster browser").
 
 The clusters are those of a cluster-stage directory; their tokens and chi are those of the run
 the stage clustered (its ``config.json`` ``input_dir``: a sampling run or an ``aux predict``
@@ -26,11 +34,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..rundir import write_json, write_text
 from .config import ReportConfig
 from .inputs import Inputs, read_inputs, trace_components
-from .pages import PlotEntry, cluster_page, document_page, index_page
+from .pages import (
+    INDEX_PAGE_CLUSTERS,
+    PlotEntry,
+    cluster_page,
+    document_page,
+    index_file,
+    index_page,
+    later_index_page,
+)
 from .plots import (
     color_limits,
     plot_cluster_sizes,
@@ -41,15 +58,18 @@ from .plots import (
     plot_reliability,
     plot_traces,
 )
-from .statistics import Cluster, Example, summarize_clusters
+from .statistics import Clustering, examples_in_context, summarize_clusters
 
 REPORT_MARKER = "report.json"
 INDEX = "index.html"
+PAGES_PER_BATCH = 256
+"""Cluster or document pages whose examples are read from the token table together: enough to
+vectorise the reads, few enough that one batch's Python objects stay a few MB."""
 
 
 def build_report(report_dir: str | Path, *, cluster_dir: str | Path, sample_dir: str | Path,
                  aux_dir: str | Path | None = None, analysis_dir: str | Path | None = None,
-                 config: ReportConfig | None = None) -> Path:
+                 config: ReportConfig | None = None, progress: bool = True) -> Path:
     """Write the cluster browser for ``cluster_dir`` into ``report_dir``; returns ``index.html``'s path.
 
     Reads: ``cluster_dir`` (summary.json, config.json, labels.parquet, clusters.parquet), the
@@ -58,7 +78,7 @@ def build_report(report_dir: str | Path, *, cluster_dir: str | Path, sample_dir:
     ridge.pearson), ``analysis_dir`` (leak.png and leak.parquet, each if present).
 
     ``report_dir`` must be new, empty, or an earlier report (it holds report.json), which is
-    replaced.
+    replaced. ``progress``: show progress bars while the cluster and document pages are written.
 
     Raises:
         FileNotFoundError: if an input directory or a file it must hold is missing, or a stage did not finish.
@@ -70,12 +90,10 @@ def build_report(report_dir: str | Path, *, cluster_dir: str | Path, sample_dir:
     traced = trace_components(inputs, config) if inputs.traces is not None else []
     report_dir = _claim(Path(report_dir), inputs, config)
     plots = _write_plots(report_dir, inputs, traced, config)
-    clusters, identity = summarize_clusters(inputs, config)
-    _write_cluster_pages(report_dir, inputs, clusters, config)
-    _write_document_pages(report_dir, clusters, config)
-    index = report_dir / INDEX
-    write_text(index, index_page(inputs, clusters, identity, plots, config))  # last: the report's finished marker
-    return index
+    clustering = summarize_clusters(inputs, config)
+    examples = _write_cluster_pages(report_dir, inputs, clustering, config, progress)
+    _write_document_pages(report_dir, inputs, examples, config, progress)
+    return _write_index(report_dir, inputs, clustering, plots, config)
 
 
 def _claim(report_dir: Path, inputs: Inputs, config: ReportConfig) -> Path:
@@ -91,6 +109,8 @@ def _claim(report_dir: Path, inputs: Inputs, config: ReportConfig) -> Path:
                              "missing); choose a new or empty directory")
         # the index goes first: until the new one is written, the directory holds no finished report
         (report_dir / INDEX).unlink(missing_ok=True)
+        for page in report_dir.glob("index-*.html"):
+            page.unlink()
         for sub in ("plots", "clusters", "documents"):
             if (report_dir / sub).exists():
                 shutil.rmtree(report_dir / sub)
@@ -164,23 +184,62 @@ def _write_plots(report_dir: Path, inputs: Inputs, traced: list[str], config: Re
     return out
 
 
-def _write_cluster_pages(report_dir: Path, inputs: Inputs, clusters: list[Cluster], config: ReportConfig) -> None:
-    """One page per cluster, each written as soon as it is rendered."""
+def _write_cluster_pages(report_dir: Path, inputs: Inputs, clustering: Clustering, config: ReportConfig,
+                         progress: bool) -> np.ndarray:
+    """One page per cluster, written as soon as it is rendered, ``PAGES_PER_BATCH`` clusters' examples
+    read at a time; returns the examples shown that have a document, [3, n] int64: their doc_id, row
+    and label, what the document pages need."""
     limits = None
-    if config.shared_profile_scale and clusters:
-        limits = color_limits(np.concatenate([c.profile for c in clusters]), diverging=config.profile == "zscore")
-    for i, c in enumerate(clusters):
-        (report_dir / "clusters" / f"{c.label}.html").write_text(cluster_page(inputs, clusters, i, config, limits),
-                                                                encoding="utf-8")
+    if config.shared_profile_scale and len(clustering):
+        limits = color_limits(clustering.profiles.ravel(), diverging=config.profile == "zscore")
+    paged = len(clustering) > INDEX_PAGE_CLUSTERS
+    listed_on = np.empty(len(clustering), np.int64)
+    listed_on[clustering.by_size()] = np.arange(len(clustering)) // INDEX_PAGE_CLUSTERS + 1
+    shown = []
+    with tqdm(total=len(clustering), desc="report: cluster pages", unit="page", disable=not progress) as bar:
+        for start in range(0, len(clustering), PAGES_PER_BATCH):
+            positions = np.arange(start, min(start + PAGES_PER_BATCH, len(clustering)))
+            batch = clustering.clusters(positions)
+            for i, c in zip(positions.tolist(), batch):
+                write_text(report_dir / "clusters" / f"{c.label}.html",
+                           cluster_page(inputs, c, i, clustering.labels, config, limits,
+                                        listed_on=int(listed_on[i]) if paged else None))
+                bar.update()
+            shown.append(np.array([(x.doc_id, x.row, x.label) for c in batch for x in c.examples
+                                   if x.doc_id is not None], np.int64).reshape(-1, 3))
+    return np.concatenate(shown).T if shown else np.zeros((3, 0), np.int64)
 
 
-def _write_document_pages(report_dir: Path, clusters: list[Cluster], config: ReportConfig) -> None:
-    """One page per document that holds example tokens (none when the token table has no doc_id)."""
-    by_document: dict[int, list[Example]] = {}
-    for c in clusters:
-        for x in c.examples:
-            if x.doc_id is not None:
-                by_document.setdefault(x.doc_id, []).append(x)
-    for doc_id, examples in by_document.items():
-        (report_dir / "documents" / f"{doc_id}.html").write_text(document_page(doc_id, examples, config),
-                                                                 encoding="utf-8")
+def _write_document_pages(report_dir: Path, inputs: Inputs, examples: np.ndarray, config: ReportConfig,
+                          progress: bool) -> None:
+    """One page per document that holds example tokens (``examples``: their doc_id, row and label, from
+    ``_write_cluster_pages``), ``PAGES_PER_BATCH`` documents' examples read at a time."""
+    doc_id, row, label = examples[:, np.lexsort((examples[1], examples[0]))]
+    documents, starts = np.unique(doc_id, return_index=True)
+    bounds = np.append(starts, len(doc_id))
+    with tqdm(total=len(documents), desc="report: document pages", unit="page", disable=not progress) as bar:
+        for first in range(0, len(documents), PAGES_PER_BATCH):
+            last = min(first + PAGES_PER_BATCH, len(documents))
+            rows = slice(bounds[first], bounds[last])
+            batch = examples_in_context(inputs.labels, row[rows], label[rows], config)
+            for d in range(first, last):
+                mine = batch[bounds[d] - bounds[first]:bounds[d + 1] - bounds[first]]
+                write_text(report_dir / "documents" / f"{documents[d]}.html",
+                           document_page(int(documents[d]), mine, config))
+                bar.update()
+
+
+def _write_index(report_dir: Path, inputs: Inputs, clustering: Clustering, plots: list[PlotEntry],
+                 config: ReportConfig) -> Path:
+    """The index pages, largest clusters first, ``INDEX_PAGE_CLUSTERS`` to a page: index.html (page 1,
+    with the run summary and plots) last, as the report's finished marker; returns its path."""
+    order = clustering.by_size()
+    pages = [order[a:a + INDEX_PAGE_CLUSTERS] for a in range(0, len(order), INDEX_PAGE_CLUSTERS)] or [order]
+    n_tokens = inputs.labels.num_rows
+    for page in range(len(pages), 1, -1):
+        write_text(report_dir / index_file(page), later_index_page(
+            clustering.clusters(pages[page - 1], examples=False), page, len(pages), len(clustering), n_tokens))
+    index = report_dir / INDEX
+    write_text(index, index_page(inputs, clustering, clustering.clusters(pages[0], examples=False), plots, config,
+                                 n_pages=len(pages)))
+    return index

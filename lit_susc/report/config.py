@@ -29,8 +29,9 @@ class ReportConfig:
     """A cluster's profile: the mean over its tokens of each component's chi z-scored over all
     tokens ('zscore'), or of raw chi ('raw'). Raw chi scales differ by orders of magnitude between
     components, so raw profiles mostly show which components have large chi everywhere."""
-    chi_block_tokens: int = 1 << 16
-    """Tokens of chi read at a time (memory: components x this x 8 bytes)."""
+    chi_block_tokens: int = 1 << 14
+    """Tokens of chi read at a time (memory: about 4 x components x this x 8 bytes, the block and
+    the temporaries of its sums; 215 MB for Pythia-1.4B's 410 components)."""
     example_seed: int = 0
     """Seeds the choice of example tokens, so a rebuilt report shows the same examples."""
     min_reliability: float = 0.3

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ..aux.bundle import META_FILE
 from ..aux.fit import sample_run_digest
@@ -23,6 +24,7 @@ from ..rundir import (
     read_json,
     read_parquet,
     read_summary,
+    reading,
     require_finished,
     stage_remedy,
 )
@@ -30,6 +32,8 @@ from .config import ReportConfig
 
 TOKEN_COLUMNS = ("token", "context", "offset")
 """Token-table columns the report needs to show tokens in their context."""
+WHERE_COLUMNS = ("document", "doc_id", "position")
+"""Token-table columns that say where a token is, shown when present."""
 CLUSTER_COLUMNS = ("label", "size", "conductance", "volume", "seed_node", "round")
 """clusters.parquet columns the report shows."""
 
@@ -52,7 +56,9 @@ class Inputs:
     cluster_config: dict
     cluster_summary: dict
     labels: pa.Table
-    """labels.parquet: the clustered run's token table plus ``label``."""
+    """labels.parquet's columns that the report uses: ``label``, ``TOKEN_COLUMNS`` and those of
+    ``WHERE_COLUMNS`` it has (``document`` dictionary-encoded: one document name per token would be
+    most of the table)."""
     clusters: pa.Table
     """clusters.parquet, sorted by label."""
     llc: dict
@@ -105,7 +111,7 @@ def read_inputs(cluster_dir: str | Path, sample_dir: str | Path, aux_dir: str | 
                          f"({len(input_meta['components'])} vs {len(sample_meta['components'])}); pass the sampling "
                          "run the aux model was fitted on")
 
-    labels = _read_parquet(cluster_dir / "labels.parquet", stage_remedy(cluster_dir))
+    labels = _read_labels(cluster_dir / "labels.parquet", stage_remedy(cluster_dir))
     missing = [c for c in ("label", *TOKEN_COLUMNS) if c not in labels.column_names]
     if missing:
         raise ValueError(f"{cluster_dir}/labels.parquet lacks columns {missing}: the report shows tokens in their "
@@ -245,6 +251,16 @@ def _read_parquet(path: Path, remedy: str) -> pa.Table:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; the cluster stage writes it (rerun it)")
     return read_parquet(path, remedy)
+
+
+def _read_labels(path: Path, remedy: str) -> pa.Table:
+    """labels.parquet's columns that the report uses (``Inputs.labels``), verified."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; the cluster stage writes it (rerun it)")
+    with reading(path, remedy) as checked:
+        present = pq.read_schema(checked).names
+        wanted = [c for c in ("label", *TOKEN_COLUMNS, *WHERE_COLUMNS) if c in present]
+        return pq.read_table(checked, columns=wanted, read_dictionary=["document"] if "document" in present else None)
 
 
 def _check_labels(cluster_dir: Path, labels: pa.Table, clusters: pa.Table) -> None:

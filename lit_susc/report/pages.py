@@ -5,9 +5,15 @@ and the index's sort-and-search script (assets/index.js) are package data, inlin
 page; every link is relative. Token text is escaped, with its whitespace and control characters
 made visible.
 
+The index lists every cluster on index.html up to ``INDEX_PAGE_CLUSTERS`` clusters; beyond, its
+cluster table is paged, largest clusters first: index.html holds the first page with the run
+summary, plots and glossary, ``index-<k>.html`` page k (``index_file``), and every page links to
+the first, previous, next and last and to the pages around it.
+
 Anchors other pages link to: on the index ``#run``, ``#token-identity``, ``#plots`` (and each
-plot's own anchor), ``#glossary`` (each term ``#g-<term>``) and ``#clusters``; on cluster and
-document pages each example token's row is ``#t<row>``, its row in the token table.
+plot's own anchor), ``#glossary`` (each term ``#g-<term>``) and ``#clusters``; on every index page
+each cluster's row ``#c<label>``; on cluster and document pages each example token's row is
+``#t<row>``, its row in the token table.
 """
 
 from __future__ import annotations
@@ -29,11 +35,19 @@ from .plots import component_grid, component_map_svg
 from .statistics import (
     IDENTITY_PURITY,
     Cluster,
+    Clustering,
     Example,
     TokenIdentity,
     known_reliabilities,
     unreliable_components,
 )
+
+INDEX_PAGE_CLUSTERS = 500
+"""Clusters per index page: a page of 500 rows is about 0.7 MB of HTML, where the spec's 57,236
+clusters in one table would be ~75 MB in one file, which a browser lays out slowly and the report
+would hold in memory as one string."""
+PAGE_WINDOW = 4
+"""Index pages linked on each side of the current one, besides the first and the last."""
 
 
 def _asset(name: str) -> str:
@@ -58,11 +72,17 @@ class PlotEntry:
 # ----------------------------------------------------------------------------- the index
 
 
-def index_page(inputs: Inputs, clusters: list[Cluster], identity: TokenIdentity | None, figures: list[PlotEntry],
-               config: ReportConfig) -> str:
+def index_file(page: int) -> str:
+    """The file of index page ``page`` (from 1), relative to the report directory."""
+    return "index.html" if page == 1 else f"index-{page}.html"
+
+
+def index_page(inputs: Inputs, clustering: Clustering, rows: list[Cluster], figures: list[PlotEntry],
+               config: ReportConfig, n_pages: int = 1) -> str:
     """index.html, top to bottom: contents (a link to every section and plot), reliability warning,
     run summary, clusters against token identity, the plots (and leak table), the glossary, and
-    the sortable and searchable cluster table last, however long it is."""
+    the sortable and searchable cluster table last: ``rows``, every cluster, or with ``n_pages`` > 1
+    the first index page's, with links to the others."""
     plot_links = " ".join(f'<a href="#{f.anchor}">{_e(f.title)}</a>' if f.file else
                           f'<span class="muted">{_e(f.title)} (none)</span>' for f in figures)
     if inputs.leak is not None:
@@ -78,6 +98,9 @@ def index_page(inputs: Inputs, clusters: list[Cluster], identity: TokenIdentity 
     profile = "z-scored" if config.profile == "zscore" else "raw"
     why = (" (each component's chi z-scored over all tokens before averaging: raw chi scales differ by orders of "
            "magnitude between components)" if config.profile == "zscore" else "")
+    n_tokens = inputs.labels.num_rows
+    table = (_paged_table(rows, 1, n_pages, len(clustering), n_tokens) if n_pages > 1 else
+             _cluster_table(rows, n_tokens))
     body = f"""<h1>Susceptibility clusters</h1>
 <p class="muted">Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Each cluster page shows its {profile} mean
 susceptibility profile{why}, frequent tokens and tokens in context; the terms are explained in the
@@ -85,20 +108,70 @@ susceptibility profile{why}, frequent tokens and tokens in context; the terms ar
 <nav id="contents" class="contents"><strong>Contents</strong> <a href="#run">Run</a>
 <a href="#token-identity">Clusters and token identity</a> <a href="#plots">Plots</a>
 <span class="sub">({plot_links})</span> <a href="#glossary">Glossary</a>
-<a href="#clusters">Clusters ({len(clusters)})</a></nav>
+<a href="#clusters">Clusters ({len(clustering)})</a></nav>
 {_reliability_banner(inputs, config)}
 <h2 id="run">Run</h2>
-{_summary(inputs, clusters)}
+{_summary(inputs, clustering)}
 <h2 id="token-identity">Clusters and token identity</h2>
-{_identity(identity)}
+{_identity(clustering.identity)}
 <h2 id="plots">Plots</h2>
 <div class="plots">{''.join(sections)}</div>
 {_leak_table(inputs)}
 <h2 id="glossary">Glossary</h2>
 {_glossary(inputs, config)}
 <h2 id="clusters">Clusters</h2>
-{_cluster_table(clusters, inputs.labels.num_rows)}"""
-    return _page("Susceptibility clusters", body, _INDEX_JS if clusters else "")
+{table}"""
+    return _page("Susceptibility clusters", body, _INDEX_JS if rows else "")
+
+
+def later_index_page(rows: list[Cluster], page: int, n_pages: int, n_clusters: int, n_tokens: int) -> str:
+    """index-<page>.html: page ``page`` (from 2) of the paged cluster table, ``rows``, with the links
+    to the other pages; the run summary, plots and glossary stay on index.html."""
+    nav = ('<nav><a href="index.html">↑ run, plots and the first clusters</a>'
+           '<a href="index.html#glossary">glossary</a></nav>')
+    body = f"""{nav}
+<h1 id="clusters">Susceptibility clusters, page {page} of {n_pages}</h1>
+{_paged_table(rows, page, n_pages, n_clusters, n_tokens)}
+{nav}"""
+    return _page(f"Susceptibility clusters, page {page} of {n_pages}", body, _INDEX_JS)
+
+
+def _paged_table(rows: list[Cluster], page: int, n_pages: int, n_clusters: int, n_tokens: int) -> str:
+    """One index page's cluster table between two bars of links to the other pages."""
+    first = (page - 1) * INDEX_PAGE_CLUSTERS + 1
+    where = (f'<p class="muted">Clusters {first}-{first + len(rows) - 1} of {n_clusters}, largest first, '
+             f"{INDEX_PAGE_CLUSTERS} to a page; sorting and the search apply to this page's clusters.</p>")
+    links = _page_links(page, n_pages)
+    glossary = "" if page == 1 else "index.html"
+    return f"{where}{links}\n{_cluster_table(rows, n_tokens, glossary)}\n{links}"
+
+
+def _page_links(page: int, n_pages: int) -> str:
+    """Links to the first, previous, next and last index pages, and to the pages within ``PAGE_WINDOW`` of
+    ``page`` (gaps shown as …); the current page is marked, not linked."""
+    def link(k: int, text: str, rel: str | None = None) -> str:
+        kind = f' rel="{rel}"' if rel else ""
+        return f'<a href="{index_file(k)}"{kind}>{text}</a>'
+
+    def dead(text: str) -> str:
+        return f'<span class="muted">{text}</span>'
+
+    shown = sorted({1, n_pages, *range(max(1, page - PAGE_WINDOW), min(n_pages, page + PAGE_WINDOW) + 1)})
+    numbers, last = [], 0
+    for k in shown:
+        if k > last + 1:
+            numbers.append(dead("…"))
+        numbers.append(f'<strong aria-current="page">{k}</strong>' if k == page else link(k, str(k)))
+        last = k
+    if page > 1:
+        before = [link(1, "« first"), link(page - 1, "‹ previous", "prev")]
+    else:
+        before = [dead("« first"), dead("‹ previous")]
+    if page < n_pages:
+        after = [link(page + 1, "next ›", "next"), link(n_pages, "last »")]
+    else:
+        after = [dead("next ›"), dead("last »")]
+    return f'<nav class="pages" aria-label="index pages">{"".join(before + numbers + after)}</nav>'
 
 
 def _identity(identity: TokenIdentity | None) -> str:
@@ -199,7 +272,7 @@ def _reliability_banner(inputs: Inputs, config: ReportConfig) -> str:
             "(README, \"How much of chi is signal\").</p>")
 
 
-def _summary(inputs: Inputs, clusters: list[Cluster]) -> str:
+def _summary(inputs: Inputs, clustering: Clustering) -> str:
     sample, meta = inputs.sample_meta, inputs.input_meta
     model = sample.get("config", {}).get("model", {})
     name = model.get("pretrained") or "(not recorded)"
@@ -223,11 +296,11 @@ def _summary(inputs: Inputs, clusters: list[Cluster]) -> str:
         rows.append(("clustered chi", (f"<code>{_e(inputs.input_dir)}</code>: {meta['n_tokens']} tokens predicted "
                                        "by the aux model")))
     cfg, summ = inputs.cluster_config, inputs.cluster_summary
-    clustered = summ.get("clustered_tokens", sum(c.size for c in clusters))
+    clustered = summ.get("clustered_tokens", clustering.clustered_tokens)
     rows.append(("clustering", f"<code>{_e(inputs.cluster_dir)}</code>: " + _e(", ".join(
         f"{k} {cfg[k]}" for k in ("preprocessing", "k", "alpha", "eps", "min_size", "conductance_threshold")
         if k in cfg))))
-    rows.append(("clusters", f"<strong>{len(clusters)}</strong> covering {clustered} of {meta['n_tokens']} tokens"))
+    rows.append(("clusters", f"<strong>{len(clustering)}</strong> covering {clustered} of {meta['n_tokens']} tokens"))
     if inputs.aux is not None:
         aux = inputs.aux
         rows.append(("aux model", f"<code>{_e(inputs.aux_dir)}</code>: {len(aux['pc_variances'])} PCs, mean "
@@ -238,23 +311,25 @@ def _summary(inputs: Inputs, clusters: list[Cluster]) -> str:
     return _facts(rows)
 
 
-def _cluster_table(clusters: list[Cluster], n_tokens: int) -> str:
+def _cluster_table(clusters: list[Cluster], n_tokens: int, glossary: str = "") -> str:
+    """The sortable, searchable table of ``clusters``, each row ``#c<label>`` (``glossary``: the path to
+    the page that holds the glossary; '' on it)."""
     if not clusters:
         return ('<p class="note" id="no-clusters"><strong>The clustering found no clusters</strong> (0 of '
                 f"{n_tokens} tokens clustered). Try a larger alpha or eps, a smaller min_size or a higher "
                 "conductance_threshold in the cluster stage.</p>")
     def sortable(key: str, term: bool = True) -> str:
         return (f'<th data-sort="{key}" class="num"><button data-sort-button="{key}">{key}<span class="arrow"></span>'
-                f"</button>{_term_link(key) if term else ''}</th>")
+                f"</button>{_term_link(key, glossary) if term else ''}</th>")
 
     head = (f'<thead><tr>{sortable("label", term=False)}{sortable("size")}{sortable("conductance")}<th class="num">'
-            f'volume{_term_link("volume")}</th>{sortable("purity")}<th>most frequent tokens</th></tr></thead>')
+            f'volume{_term_link("volume", glossary)}</th>{sortable("purity")}<th>most frequent tokens</th></tr></thead>')
     rows = []
     for c in sorted(clusters, key=lambda c: (-c.size, c.label)):  # the scriptless order: largest first
         tokens = _e(json.dumps([t for t, _ in c.top_tokens], ensure_ascii=False))
-        rows.append(f'<tr data-label="{c.label}" data-size="{c.size}" data-conductance="{c.conductance!r}" '
-                    f'data-purity="{c.purity!r}" data-tokens="{tokens}"><td class="num"><a '
-                    f'href="clusters/{c.label}.html">{c.label}</a></td><td class="num">{c.size}</td>'
+        rows.append(f'<tr id="c{c.label}" data-label="{c.label}" data-size="{c.size}" '
+                    f'data-conductance="{c.conductance!r}" data-purity="{c.purity!r}" data-tokens="{tokens}">'
+                    f'<td class="num"><a href="clusters/{c.label}.html">{c.label}</a></td><td class="num">{c.size}</td>'
                     f'<td class="num">{_fmt(c.conductance)}</td><td class="num">{_fmt(c.volume)}</td>'
                     f'<td class="num">{c.purity:.2f}</td><td class="tokens">{_token_list(c.top_tokens, 8)}</td></tr>')
     controls = ('<div id="controls">sort by <button data-sort-button="size">size</button><button '
@@ -281,22 +356,24 @@ def _leak_table(inputs: Inputs) -> str:
 # ----------------------------------------------------------------------------- a cluster
 
 
-def cluster_page(inputs: Inputs, clusters: list[Cluster], i: int, config: ReportConfig,
-                 limits: tuple[float, float] | None = None) -> str:
-    """clusters/<label>.html of ``clusters[i]``: its facts (each linked to the glossary), frequent
-    tokens, profile and examples in context, each linked to its document's page.
+def cluster_page(inputs: Inputs, c: Cluster, i: int, labels: np.ndarray, config: ReportConfig,
+                 limits: tuple[float, float] | None = None, listed_on: int | None = None) -> str:
+    """clusters/<label>.html of ``c``, the ``i``-th of the clusters ``labels`` (in label order): its
+    facts (each linked to the glossary), frequent tokens, profile and examples in context, each
+    linked to its document's page.
 
     ``limits``: the profile's colour range (one for every page: ReportConfig.shared_profile_scale);
-    None: its own.
+    None: its own. ``listed_on``: the index page (from 1) that lists it, when the index is paged.
     """
-    c = clusters[i]
     n_tokens = inputs.labels.num_rows
-    prev = (f'<a href="{clusters[i - 1].label}.html" rel="prev">← cluster {clusters[i - 1].label}</a>'
+    prev = (f'<a href="{labels[i - 1]}.html" rel="prev">← cluster {labels[i - 1]}</a>'
             if i > 0 else '<span class="muted">← (first)</span>')
-    nxt = (f'<a href="{clusters[i + 1].label}.html" rel="next">cluster {clusters[i + 1].label} →</a>'
-           if i + 1 < len(clusters) else '<span class="muted">(last) →</span>')
-    nav = (f'<nav><a href="../index.html">↑ all clusters</a><a href="../index.html#glossary">glossary</a>{prev}{nxt}'
-           f'<span class="muted">{i + 1} of {len(clusters)}, in label order</span></nav>')
+    nxt = (f'<a href="{labels[i + 1]}.html" rel="next">cluster {labels[i + 1]} →</a>'
+           if i + 1 < len(labels) else '<span class="muted">(last) →</span>')
+    listed = ("" if listed_on is None else
+              f'<a href="../{index_file(listed_on)}#c{c.label}">its row on index page {listed_on}</a>')
+    nav = (f'<nav><a href="../index.html">↑ all clusters</a>{listed}<a href="../index.html#glossary">glossary</a>'
+           f'{prev}{nxt}<span class="muted">{i + 1} of {len(labels)}, in label order</span></nav>')
     top = f'<code class="tok">{show_token(c.top_token, empty="∅")}</code>'
     threshold = inputs.cluster_config.get("conductance_threshold")
     facts = _facts([

@@ -3,7 +3,8 @@
     python run.py report --cluster_dir runs/quickstart/cluster --sample_dir runs/quickstart/sample \\
         --aux_dir runs/quickstart/aux_fit --analysis_dir runs/quickstart/analyse --report_dir runs/quickstart/report
 
-Writes ``report_dir/index.html`` (last) with the plots and one page per cluster (lit_susc.report.browser).
+Writes ``report_dir/index.html`` (last) with the plots, one page per cluster and, beyond 500
+clusters, the index's further pages ``index-<k>.html`` (lit_susc.report.browser).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ token-identity baseline, example tokens in context, and which components' chi is
 to read.
 
 chi is read in blocks of tokens, once, to get every cluster's mean profile, so it never has to
-fit in memory.
+fit in memory. The per-cluster numbers are arrays (``Clustering``); a cluster's frequent tokens and
+examples in context become Python objects only when its page is rendered, a block of clusters at a
+time, so the report's memory does not grow with clusters times page content.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from ..result import read_chi, read_metadata
 from ..statistics import Moments
 from .config import ReportConfig
-from .inputs import CLUSTER_COLUMNS, Inputs
+from .inputs import CLUSTER_COLUMNS, WHERE_COLUMNS, Inputs
 
 IDENTITY_PURITY = 0.8
 """A cluster whose purity is at least this is counted as one token type (``TokenIdentity``)."""
@@ -72,7 +74,8 @@ class Cluster:
     top_tokens: list[tuple[str, int]]
     """(token, count), most frequent first."""
     examples: list[Example]
-    """Example tokens in reading order (ReportConfig.examples_per_cluster of them at most)."""
+    """Example tokens in reading order (ReportConfig.examples_per_cluster of them at most; none when
+    built for the index: ``Clustering.clusters(..., examples=False)``)."""
     top_token: str
     """Its most frequent token text (ties: the first in text order, as in ``top_tokens``)."""
     top_count: int
@@ -134,38 +137,115 @@ class TokenIdentity:
         return (self.mean_purity - self.shuffled_purity) / gap if gap > 0 else float("nan")
 
 
-def summarize_clusters(inputs: Inputs, config: ReportConfig) -> tuple[list[Cluster], TokenIdentity | None]:
-    """Every cluster's profile, frequent tokens, purity and examples in context, in label order;
-    and the clustering's ``TokenIdentity`` (None without clusters)."""
+@dataclass
+class Clustering:
+    """Every cluster's numbers as arrays, in label order, and the token rows of each cluster; ``clusters``
+    builds their ``Cluster``s a block at a time, so that a report holds one block's examples in context,
+    never every cluster's.
+
+    Memory: O(clusters x components) floats (the profiles), O(tokens) ints (the rows grouped by
+    cluster) and each cluster's ``ReportConfig.top_tokens`` most frequent tokens, kept in Arrow.
+    """
+
+    tokens: pa.Table
+    """The token table with ``label`` (``Inputs.labels``), which the examples are read from."""
+    config: ReportConfig
+    labels: np.ndarray
+    """[n_clusters] int64, ascending."""
+    sizes: np.ndarray
+    conductance: np.ndarray
+    volume: np.ndarray
+    seed_node: np.ndarray
+    round: np.ndarray
+    profiles: np.ndarray
+    """[n_clusters, n_components]: mean over each cluster's tokens (ReportConfig.profile)."""
+    top_count: np.ndarray
+    """[n_clusters]: max_t n_ct (``top_token_counts``)."""
+    top_occurrences: np.ndarray
+    """[n_clusters]: rows of the whole token table whose text is the cluster's most frequent token."""
+    top_text: list[str]
+    """Each cluster's most frequent token text."""
+    frequent: pa.Table
+    """``frequent_token_table``: each cluster's most frequent tokens, rows ``frequent_bounds[:, i]`` for cluster i."""
+    frequent_bounds: np.ndarray
+    """[2, n_clusters]: the first and one past the last row of each cluster's tokens in ``frequent``."""
+    members: np.ndarray
+    """The clustered token rows grouped by cluster, in row order within each: cluster i's are
+    ``members[member_bounds[i]:member_bounds[i + 1]]``."""
+    member_bounds: np.ndarray
+    """[n_clusters + 1]."""
+    identity: TokenIdentity | None
+    """None without clusters."""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def clustered_tokens(self) -> int:
+        return int(self.sizes.sum())
+
+    def by_size(self) -> np.ndarray:
+        """Cluster positions (indices into ``labels``) largest first, equal sizes by label: the index's order."""
+        return np.lexsort((self.labels, -self.sizes))
+
+    def clusters(self, positions: np.ndarray, examples: bool = True) -> list[Cluster]:
+        """The ``Cluster``s at ``positions`` (indices into ``labels``), in that order; ``examples=False``
+        leaves their ``examples`` empty (the index shows none), which saves reading the token table."""
+        positions = np.asarray(positions, dtype=np.int64)
+        starts, stops = self.frequent_bounds[:, positions]
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)] or [np.zeros(0, np.int64)])
+        frequent = self.frequent.take(pa.array(rows))
+        texts, counts = frequent.column("token").to_pylist(), frequent.column("count_all").to_pylist()
+        ends = np.cumsum(stops - starts).tolist()
+        top_tokens = [list(zip(texts[e - k:e], counts[e - k:e])) for e, k in zip(ends, (stops - starts).tolist())]
+        seeds = self.tokens.column("token").take(pa.array(self.seed_node[positions])).to_pylist()
+        shown = (cluster_examples(self.tokens, [self.members[self.member_bounds[p]:self.member_bounds[p + 1]]
+                                                for p in positions], self.labels[positions], self.config)
+                 if examples else [[] for _ in positions])
+        return [Cluster(label=int(self.labels[p]), size=int(self.sizes[p]), conductance=float(self.conductance[p]),
+                        volume=float(self.volume[p]), seed_node=int(self.seed_node[p]), round=int(self.round[p]),
+                        profile=self.profiles[p], top_tokens=top_tokens[j], examples=shown[j],
+                        top_token=self.top_text[p], top_count=int(self.top_count[p]),
+                        top_occurrences=int(self.top_occurrences[p]), seed_token=seeds[j])
+                for j, p in enumerate(positions.tolist())]
+
+
+def summarize_clusters(inputs: Inputs, config: ReportConfig) -> Clustering:
+    """Every cluster's profile, frequent tokens, purity and token rows, in label order, with the
+    clustering's ``TokenIdentity``; examples are read later, a block of clusters at a time
+    (``Clustering.clusters``)."""
     table = inputs.clusters
     n_clusters = table.num_rows
-    if n_clusters == 0:
-        return [], None
+    columns = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False)) for c in CLUSTER_COLUMNS}
+    cluster_labels = columns["label"].astype(np.int64)
+    sizes = columns["size"].astype(np.int64)
     labels = inputs.labels.column("label").to_numpy()
-    cluster_labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
     # position of each token's cluster in ``cluster_labels`` (sorted), -1 for unclustered tokens
     index = np.searchsorted(cluster_labels, labels)
     index[labels < 0] = -1
-    sizes = np.asarray(table.column("size").to_pylist(), dtype=np.float64)
-    profiles = cluster_profiles(inputs.input_dir, index, sizes, config)
-    top = frequent_tokens(inputs.labels, config.top_tokens)
-    types, texts = token_types(inputs.labels)
-    top_count, top_type = top_token_counts(types, index, n_clusters)
-    occurrences = np.bincount(types, minlength=len(texts))
-    identity = token_identity(types, index, top_count, seed=config.example_seed)
-    # token rows grouped by cluster, in row order: the unclustered (-1) first, then cluster 0, 1, ...
-    members = np.split(np.argsort(index, kind="stable"), np.cumsum(np.bincount(index + 1, minlength=n_clusters + 1)))
-    columns = {c: table.column(c).to_pylist() for c in CLUSTER_COLUMNS}
-    examples = cluster_examples(inputs.labels, members[1:n_clusters + 1], cluster_labels, config)
-    seeds = inputs.labels.column("token").take(pa.array(columns["seed_node"], pa.int64())).to_pylist()
-    clusters = [Cluster(label=int(columns["label"][i]), size=int(columns["size"][i]),
-                        conductance=float(columns["conductance"][i]), volume=float(columns["volume"][i]),
-                        seed_node=int(columns["seed_node"][i]), round=int(columns["round"][i]), profile=profiles[i],
-                        top_tokens=top.get(int(cluster_labels[i]), []), examples=examples[i],
-                        top_token=texts[top_type[i]], top_count=int(top_count[i]),
-                        top_occurrences=int(occurrences[top_type[i]]), seed_token=seeds[i])
-                for i in range(n_clusters)]
-    return clusters, identity
+    grouped = np.argsort(index, kind="stable")
+    counts = np.bincount(index + 1, minlength=n_clusters + 1)
+    member_bounds = np.cumsum(counts) - counts[0]  # the unclustered (-1) sort first: skip them
+    frequent = frequent_token_table(inputs.labels, config.top_tokens)
+    frequent_labels = frequent.column("label").to_numpy()
+    bounds = np.stack([np.searchsorted(frequent_labels, cluster_labels, side=side) for side in ("left", "right")])
+    if n_clusters:
+        profiles = cluster_profiles(inputs.input_dir, index, sizes.astype(np.float64), config)
+        types, texts = token_types(inputs.labels)
+        top_count, top_type = top_token_counts(types, index, n_clusters)
+        occurrences = np.bincount(types, minlength=len(texts))[top_type]
+        identity = token_identity(types, index, top_count, seed=config.example_seed)
+        top_text = [texts[t] for t in top_type.tolist()]
+    else:
+        profiles = np.zeros((0, len(inputs.components)))
+        top_count = occurrences = np.zeros(0, np.int64)
+        identity, top_text = None, []
+    return Clustering(
+        tokens=inputs.labels, config=config, labels=cluster_labels, sizes=sizes,
+        conductance=columns["conductance"].astype(np.float64), volume=columns["volume"].astype(np.float64),
+        seed_node=columns["seed_node"].astype(np.int64), round=columns["round"].astype(np.int64), profiles=profiles,
+        top_count=top_count, top_occurrences=occurrences, top_text=top_text, frequent=frequent,
+        frequent_bounds=bounds, members=grouped[counts[0]:], member_bounds=member_bounds, identity=identity)
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -192,11 +272,12 @@ def cluster_profiles(run_dir: Path, index: np.ndarray, sizes: np.ndarray, config
         mine = idx[a:a + x.shape[1]]
         keep = mine >= 0
         sums.index_add_(0, mine[keep], x.T[keep])
-    raw = sums / torch.from_numpy(sizes)[:, None]
+    # in place: at 10^5 clusters of 410 components each copy is 330 MB
+    means = sums.div_(torch.from_numpy(sizes)[:, None])
     if config.profile == "raw":
-        return raw.numpy()
+        return means.numpy()
     std = moments.std(ddof=0)
-    z = (raw - moments.mean()) / std
+    z = means.sub_(moments.mean()).div_(std)
     z[:, std == 0] = float("nan")
     return z.numpy()
 
@@ -204,16 +285,24 @@ def cluster_profiles(run_dir: Path, index: np.ndarray, sizes: np.ndarray, config
 # ----------------------------------------------------------------------------- tokens
 
 
-def frequent_tokens(labels: pa.Table, top: int) -> dict[int, list[tuple[str, int]]]:
-    """label -> the ``top`` most frequent tokens of that cluster with their counts (ties: by token)."""
+def frequent_token_table(labels: pa.Table, top: int) -> pa.Table:
+    """(label, token, count_all): the ``top`` most frequent tokens of each cluster with their counts,
+    by label, then most frequent first (ties: by token). Arrow throughout: O(tokens) at most, no
+    Python object per token."""
     clustered = labels.select(["label", "token"]).filter(pc.greater_equal(labels.column("label"), 0))
     counts = clustered.group_by(["label", "token"]).aggregate([([], "count_all")])
     counts = counts.sort_by([("label", "ascending"), ("count_all", "descending"), ("token", "ascending")])
+    label = counts.column("label").to_numpy()
+    rank = np.arange(len(label)) - np.searchsorted(label, label)  # within its cluster, from 0
+    return counts.filter(pa.array(rank < top))
+
+
+def frequent_tokens(labels: pa.Table, top: int) -> dict[int, list[tuple[str, int]]]:
+    """label -> the ``top`` most frequent tokens of that cluster with their counts (ties: by token)."""
+    table = frequent_token_table(labels, top)
     out: dict[int, list[tuple[str, int]]] = {}
-    for label, token, n in zip(*(counts.column(c).to_pylist() for c in ("label", "token", "count_all"))):
-        mine = out.setdefault(int(label), [])
-        if len(mine) < top:
-            mine.append((token, int(n)))
+    for label, token, n in zip(*(table.column(c).to_pylist() for c in ("label", "token", "count_all"))):
+        out.setdefault(int(label), []).append((token, int(n)))
     return out
 
 
@@ -284,19 +373,34 @@ def context_windows(context: np.ndarray, offset: np.ndarray, left: int, right: i
 
 def cluster_examples(labels: pa.Table, members: list[np.ndarray], cluster_labels: np.ndarray,
                      config: ReportConfig) -> list[list[Example]]:
-    """Each cluster's example tokens in context: ``examples_per_cluster`` of its token rows chosen
-    at random (seeded by ``example_seed`` and the label, so a rebuilt report shows the same ones),
-    in reading order."""
+    """Each cluster's example tokens in context (``choose_examples``; ``members``: each cluster's token rows)."""
+    chosen = choose_examples(members, cluster_labels, config)
+    flat = examples_in_context(labels, np.concatenate(chosen) if chosen else np.zeros(0, np.int64),
+                               np.repeat(np.asarray(cluster_labels, np.int64), [len(c) for c in chosen]), config)
+    ends = np.cumsum([len(c) for c in chosen]).tolist()
+    return [flat[e - len(c):e] for e, c in zip(ends, chosen)]
+
+
+def choose_examples(members: list[np.ndarray], cluster_labels: np.ndarray, config: ReportConfig) -> list[np.ndarray]:
+    """Each cluster's example rows: ``examples_per_cluster`` of its token rows ``members`` chosen at
+    random (seeded by ``example_seed`` and the label, so a rebuilt report shows the same ones), in
+    reading order."""
     chosen = []
     for label, rows in zip(cluster_labels, members):
         rng = np.random.default_rng([config.example_seed, int(label)])
         k = min(config.examples_per_cluster, len(rows))
         chosen.append(np.sort(rng.choice(rows, size=k, replace=False)) if k < len(rows) else np.sort(rows))
-    flat = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
-    if flat.size == 0:
-        return [[] for _ in members]
+    return chosen
+
+
+def examples_in_context(labels: pa.Table, rows: np.ndarray, row_labels: np.ndarray,
+                        config: ReportConfig) -> list[Example]:
+    """The tokens at ``rows`` of the token table, each with its cluster (``row_labels``) and its context
+    window, in the order given; only the rows shown are read as text."""
+    if rows.size == 0:
+        return []
     left, right, n = config.context_left, config.context_right, labels.num_rows
-    cand = flat[:, None] + np.arange(-left - 1, right + 2)
+    cand = rows[:, None] + np.arange(-left - 1, right + 2)
     inside = (cand >= 0) & (cand < n)
     take = pa.array(np.clip(cand, 0, n - 1).ravel())
     gather = {c: labels.column(c).take(take).to_numpy(zero_copy_only=False).reshape(cand.shape)
@@ -304,27 +408,21 @@ def cluster_examples(labels: pa.Table, members: list[np.ndarray], cluster_labels
     context = np.where(inside, gather["context"], -1)
     offset = np.where(inside, gather["offset"], -1)
     before, after = context_windows(context, offset, left, right)
-    # only the rows shown are read as text
     needed = np.unique(np.concatenate([np.arange(r - min(b, left), r + min(a, right) + 1)
-                                       for r, b, a in zip(flat, before, after)]))
+                                       for r, b, a in zip(rows, before, after)]))
     text = dict(zip(needed.tolist(), labels.column("token").take(pa.array(needed)).to_pylist()))
     # doc_id names a page file, so only an integer one is used
-    recorded = [c for c in ("document", "doc_id", "position") if c in labels.column_names
+    recorded = [c for c in WHERE_COLUMNS if c in labels.column_names
                 and (c != "doc_id" or pa.types.is_integer(labels.schema.field(c).type))]
-    where = {c: dict(zip(flat.tolist(), labels.column(c).take(pa.array(flat)).to_pylist())) for c in recorded}
-    out, pos = [], 0
-    for label, rows in zip(cluster_labels.tolist(), chosen):
-        examples = []
-        for r in rows.tolist():
-            b, a = int(before[pos]), int(after[pos])
-            pos += 1
-            examples.append(Example(
-                row=r, label=label,
-                **{c: where[c][r] if c in where else None for c in ("document", "doc_id", "position")},
-                left=[text[j] for j in range(r - min(b, left), r)], token=text[r],
-                right=[text[j] for j in range(r + 1, r + min(a, right) + 1)],
-                more_left=b > left, more_right=a > right))
-        out.append(examples)
+    where = {c: labels.column(c).take(pa.array(rows)).to_pylist() for c in recorded}
+    out = []
+    for i, (r, label, b, a) in enumerate(zip(rows.tolist(), np.asarray(row_labels).tolist(), before.tolist(),
+                                             after.tolist())):
+        out.append(Example(
+            row=r, label=int(label), **{c: where[c][i] if c in where else None for c in WHERE_COLUMNS},
+            left=[text[j] for j in range(r - min(b, left), r)], token=text[r],
+            right=[text[j] for j in range(r + 1, r + min(a, right) + 1)],
+            more_left=b > left, more_right=a > right))
     return out
 
 
