@@ -88,17 +88,18 @@ class KnnReport:
 def _check_input(X, k: int) -> np.ndarray | torch.Tensor:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer (number of neighbours), got k={k!r}")
-    if isinstance(X, torch.Tensor):
-        finite = bool(torch.isfinite(X).all())
-        shape = tuple(X.shape)
-    else:
+    if not isinstance(X, torch.Tensor):
         X = np.asarray(X)
         if not np.issubdtype(X.dtype, np.floating):
             X = X.astype(np.float64)
-        finite = bool(np.isfinite(X).all())
-        shape = X.shape
+    shape = tuple(X.shape)
     if len(shape) != 2:
         raise ValueError(f"X must be a 2-D array [N, d], got shape {shape}")
+    if isinstance(X, torch.Tensor):
+        finite = bool(torch.isfinite(X).all())
+    else:  # by row blocks: a memory-mapped X larger than memory must not get a mask of its size
+        step = max(1, (1 << 24) // max(1, shape[1]))
+        finite = all(np.isfinite(X[a:a + step]).all() for a in range(0, shape[0], step))
     if not finite:
         raise ValueError("X contains NaN or inf values; drop or impute those rows before building the k-NN graph")
     if shape[0] <= k:
